@@ -1,0 +1,51 @@
+"""Box geometry shared by the committee, consistency and stopping rules: IoU and one-to-one matching.
+
+Pure NumPy. Boxes are (n, 4) arrays of x1 y1 x2 y2 in any common unit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union, IoU(A, B) = |A ∩ B| / |A ∪ B|, as an (len(a), len(b)) array.
+
+    Degenerate boxes (zero area) have IoU 0 with everything.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(union > 0, inter / union, 0.0)
+    return out
+
+
+def match_boxes(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matching of boxes `a` to boxes `b` that maximises total IoU (Hungarian algorithm).
+
+    Returns (rows_a, rows_b, ious) of the matched pairs whose IoU is at least `iou_threshold`; every box appears in
+    at most one pair. Unmatched boxes are those not listed.
+    """
+    ious = iou_matrix(a, b)
+    if ious.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    rows, cols = linear_sum_assignment(-ious)
+    keep = ious[rows, cols] >= iou_threshold
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64), ious[rows, cols][keep]
+
+
+def yolo_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """(n, 4) cx cy w h -> x1 y1 x2 y2, in the same unit."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    half = boxes[:, 2:4] / 2
+    return np.concatenate([boxes[:, 0:2] - half, boxes[:, 0:2] + half], axis=1)
