@@ -1,0 +1,254 @@
+"""The `labelwise` command: a thin Typer + Rich layer over `labelwise.loop.Workspace` (the Python API).
+
+Each command is a few lines: parse, call the API, print. Errors that a user can fix are printed as one clear line
+with exit code 2; nothing here asks for input.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labelwise.annotation.base import AnnotationError
+from labelwise.config import ConfigError
+from labelwise.detectors.base import DetectorError
+from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Active learning for object detection: label the images your detector learns most from.")
+annotate_app = typer.Typer(no_args_is_help=True, help="Send the batch to the annotation backend and take labels back.")
+app.add_typer(annotate_app, name="annotate")
+out = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="The workspace folder.")]
+
+
+def friendly(func):
+    """Turn the errors a user can fix into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, LoopError, DetectorError, AnnotationError, FileNotFoundError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_add(report: AddReport) -> None:
+    out.print(f"added {report.added} images ({report.labeled} with labels)")
+    if report.duplicates:
+        out.print(f"[yellow]{len(report.duplicates)} duplicate file(s)[/yellow] (same bytes as an image already in "
+                  "the pool; kept once):")
+        for path, first in report.duplicates[:10]:
+            out.print(f"  {path}  =  {first}", highlight=False)
+    if report.quarantined:
+        out.print(f"[yellow]{len(report.quarantined)} file(s) quarantined[/yellow] (see `labelwise status`):")
+        for _path, reason in report.quarantined[:10]:
+            out.print(f"  {reason}", highlight=False)
+    if report.unlabeled_in_labeled_source:
+        out.print(f"{report.unlabeled_in_labeled_source} image(s) in a labeled source had no label file; they joined "
+                  "the unlabeled pool")
+
+
+@app.command()
+@friendly
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")],
+    images: Annotated[list[Path], typer.Option("--images", help="Image files or folders for the pool.")],
+    classes: Annotated[Optional[str], typer.Option(help="Class names, comma separated, in id order.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="An Ultralytics data.yaml: class names and val split.")] = None,
+    labeled: Annotated[Optional[list[Path]], typer.Option(help="Already labeled images (YOLO labels beside).")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation images with YOLO labels beside them.")] = None,
+    model: Annotated[str, typer.Option(help="Checkpoint, model name or model YAML to start from.")] = "yolo11n.yaml",
+    imgsz: Annotated[int, typer.Option(help="Image size for training and scoring.")] = 320,
+    per_round: Annotated[int, typer.Option(help="Images to select per round.")] = 50,
+    strategy: Annotated[str, typer.Option(help="Query strategy.")] = "least_confidence",
+) -> None:
+    """Create a workspace: labelwise.yaml and the store, then register the images."""
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    ws = Workspace.create(directory, images=list(images), classes=names, data_yaml=data, labeled=labeled or [],
+                          val=val, model=model, imgsz=imgsz, budget={"per_round": per_round},
+                          strategy={"name": strategy})
+    _print_add(ws.ingest_sources())
+    out.print(f"workspace ready: {ws.root}\nnext: labelwise status -w {ws.root}", highlight=False)
+
+
+@app.command()
+@friendly
+def add(paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+        workspace: WorkspaceOpt = Path("."),
+        labeled: Annotated[bool, typer.Option(help="The images come with YOLO labels.")] = False) -> None:
+    """Grow the pool with more images."""
+    _print_add(Workspace(workspace).add(list(paths), labeled=labeled))
+
+
+@app.command()
+@friendly
+def status(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Where the loop stands and the command for the next step."""
+    s = Workspace(workspace).status()
+    c = s.counts
+    table = Table(title=f"labelwise workspace {s.workspace}", show_header=False)
+    table.add_row("round", str(s.round or 0))
+    table.add_row("labeled (pool / val)", f"{c['pool_labeled']} / {c['val_labeled']}")
+    table.add_row("unlabeled", str(c["pool_unlabeled"]))
+    table.add_row("selected, awaiting labels", str(c["pool_selected"]))
+    table.add_row("last mAP50", "-" if s.last_map50 is None else f"{s.last_map50:.3f}")
+    table.add_row("quarantined", str(c["quarantined"]))
+    table.add_row("duplicate files", str(c["duplicate_paths"]))
+    table.add_row("state", s.message)
+    table.add_row("next", f"[bold]{s.next_command}[/bold]")
+    out.print(table)
+    for advice in s.advice:
+        text = advice if isinstance(advice, str) else f"{advice.rule}: {'STOP' if advice.stop else 'continue'} - " \
+                                                      f"{advice.reason}"
+        out.print(f"  stopping advice  {text}", highlight=False)
+    if s.quarantined:
+        out.print("[yellow]quarantined files:[/yellow]")
+        for _path, reason in s.quarantined:
+            out.print(f"  {reason}", highlight=False)
+
+
+@app.command()
+@friendly
+def train(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Train the round's model on every labeled image."""
+    ws = Workspace(workspace)
+    ws.train()
+    r = ws.store.current_round()
+    out.print(f"round {r.round}: trained on {r.n_labeled} labeled images, mAP50 {r.map50:.3f}, "
+              f"mAP50-95 {r.map50_95:.3f}")
+
+
+@app.command()
+@friendly
+def score(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Score the pool with the round's model (cached: a second run costs nothing)."""
+    n = Workspace(workspace).score()
+    out.print(f"scored {n} images" if n else "every image was already scored by this model (cache)")
+
+
+@app.command()
+@friendly
+def select(workspace: WorkspaceOpt = Path("."),
+           k: Annotated[Optional[int], typer.Option("--k", help="Batch size (default: budget.per_round).")] = None,
+           strategy: Annotated[Optional[str], typer.Option(help="Override the round's strategy.")] = None) -> None:
+    """Pick the round's batch."""
+    rows = Workspace(workspace).select(k=k, strategy=strategy)
+    table = Table(title=f"selected {len(rows)} images")
+    for col in ("rank", "score", "image", "reason"):
+        table.add_column(col)
+    for r in rows[:15]:
+        table.add_row(str(r["rank"]), f"{r['score']:.3f}", Path(r["path"]).name, r["reason"])
+    out.print(table)
+    out.print("next: labelwise export")
+
+
+@app.command()
+@friendly
+def export(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Stage the batch as a folder of images plus a manifest (JSON and CSV) with every score and rank."""
+    folder = Workspace(workspace).export()
+    out.print(f"staged in {folder}\nput one YOLO txt per image in {folder / 'labels'}, then: "
+              f"labelwise import {folder / 'labels'}", highlight=False)
+
+
+@app.command("import")
+@friendly
+def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip) of YOLO txt files for the batch.")],
+            workspace: WorkspaceOpt = Path(".")) -> None:
+    """Take labels back for the staged images; partial imports are fine."""
+    report = Workspace(workspace).import_labels(labels)
+    out.print(f"imported {report.imported}, skipped {report.skipped}, still pending {report.pending}")
+    for problem in report.problems:
+        err.print(f"[yellow]not imported:[/yellow] {problem}", highlight=False)
+    if report.complete:
+        out.print("round complete. next: labelwise run")
+
+
+@app.command()
+@friendly
+def run(workspace: WorkspaceOpt = Path("."),
+        oracle: Annotated[Optional[Path], typer.Option(help="YOLO labels standing in for the annotators.")] = None,
+        rounds: Annotated[Optional[int], typer.Option(help="Stop after this many completed rounds.")] = None) -> None:
+    """Advance as far as possible (to the budget or the stopping rule with --oracle)."""
+    ws = Workspace(workspace)
+    reason = ws.run(oracle=oracle, rounds=rounds, on_round=_print_round)
+    out.print(reason)
+
+
+def _print_round(summary: RoundSummary) -> None:
+    trained = f"trained on {summary.n_labeled}, mAP50 {summary.map50:.3f}; " if summary.map50 is not None else ""
+    out.print(f"round {summary.round}: {trained}selected {len(summary.selected)}")
+
+
+@annotate_app.command("push")
+@friendly
+def annotate_push(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Send the batch (with the model's boxes as pre-annotations) to the configured backend."""
+    ws = Workspace(workspace)
+    backend = ws.backend()
+    backend.push(ws.batch())
+    out.print(f"pushed round {ws.batch().round} to {backend.name}")
+
+
+@annotate_app.command("status")
+@friendly
+def annotate_status(workspace: WorkspaceOpt = Path(".")) -> None:
+    """How many of the batch's images are done."""
+    ws = Workspace(workspace)
+    p = ws.backend().progress(ws.batch())
+    out.print(f"{p.done}/{p.total} done ({p.skipped} skipped)")
+
+
+@annotate_app.command("wait")
+@friendly
+def annotate_wait(workspace: WorkspaceOpt = Path("."),
+                  timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+                  interval: Annotated[float, typer.Option(help="First polling interval, seconds.")] = 2.0) -> None:
+    """Wait (polling with back-off) until the batch is done, showing progress; then pull."""
+    from labelwise.annotation.waiting import wait_until_done
+
+    ws = Workspace(workspace)
+    backend = ws.backend()
+    done = wait_until_done(backend, ws.batch(), timeout=timeout, interval=interval)
+    if ws.pull(backend):
+        out.print("round complete. next: labelwise run")
+    elif not done:
+        err.print("timed out; the labels done so far were pulled. Run it again to keep waiting.")
+        raise typer.Exit(1)
+
+
+@annotate_app.command("pull")
+@friendly
+def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Take the finished labels into the store (idempotent)."""
+    ws = Workspace(workspace)
+    complete = ws.pull()
+    out.print("round complete. next: labelwise run" if complete else "pulled; the batch is not finished yet")
+
+
+@app.command()
+@friendly
+def demo(directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo.")] = Path("demo-workspace"),
+         rounds: Annotated[int, typer.Option(help="Rounds after the random seed round.")] = 3,
+         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "least_confidence",
+         epochs: Annotated[int, typer.Option(help="Training epochs per round.")] = 12) -> None:
+    """Run the loop on a built-in synthetic scenario dataset, with its ground truth as the annotators."""
+    from labelwise.demo import run_demo
+
+    run_demo(directory, rounds=rounds, strategy=strategy, epochs=epochs, console=out)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,59 @@
+"""`labelwise demo`: the whole loop on the built-in synthetic scenario dataset, annotators simulated by its labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from labelwise.loop import RoundSummary, Workspace
+from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
+
+
+def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence", epochs: int = 12,
+             per_round: int = 40, console: Console | None = None) -> Workspace:
+    console = console or Console()
+    directory = Path(directory).absolute()
+    dataset = directory / "dataset"
+    console.print(f"[bold]labelwise demo[/bold]: synthetic scenes in {dataset}", highlight=False)
+    data_yaml = generate(dataset, ScenarioSpec(n_train=400, n_val=100, image_size=128, seed=0), progress=True)
+    scenarios = read_scenarios(dataset)
+    pool = [s for s in scenarios.values() if s["split"] == "train"]
+    hard_share = sum(s["hard"] for s in pool) / len(pool)
+    rare_share = sum(s["rare"] for s in pool) / len(pool)
+    console.print(f"pool: {len(pool)} images, {hard_share:.0%} hard (night/occluded/crowded), "
+                  f"{rare_share:.0%} with a rare class", highlight=False)
+
+    ws_dir = directory / "workspace"
+    if (ws_dir / "labelwise.yaml").exists():
+        ws = Workspace(ws_dir)
+    else:
+        ws = Workspace.create(
+            ws_dir, images=[dataset / "train" / "images"], data_yaml=data_yaml, model="yolo11n.yaml", imgsz=128,
+            train={"epochs": epochs, "batch": 16}, budget={"per_round": per_round, "initial": per_round},
+            strategy={"name": strategy}, stopping={"rule": "none"},
+        )
+        ws.ingest_sources()
+
+    table = Table(title=f"labelwise demo: {strategy}, {per_round} images a round")
+    for col in ("round", "labeled", "mAP50", "selected", "hard", "rare", "why"):
+        table.add_column(col)
+
+    def on_round(summary: RoundSummary) -> None:
+        picked = [scenarios.get(str(Path(r["path"]).relative_to(dataset)), {}) for r in summary.selected]
+        hard = sum(bool(p.get("hard")) for p in picked)
+        rare = sum(bool(p.get("rare")) for p in picked)
+        n = max(len(picked), 1)
+        row = (str(summary.round), str(summary.n_labeled or 0),
+               "-" if summary.map50 is None else f"{summary.map50:.3f}", str(len(picked)),
+               f"{hard} ({hard / n:.0%})", f"{rare} ({rare / n:.0%})",
+               summary.selected[0]["reason"][:60] if summary.selected else "")
+        table.add_row(*row)
+        console.print("round " + " | ".join(row[:-1]), highlight=False)
+
+    ws.run(oracle=dataset / "train" / "labels", rounds=rounds + 1, on_round=on_round)
+    console.print(table)
+    console.print(f"random selection would hold about {hard_share:.0%} hard and {rare_share:.0%} rare images.")
+    console.print(f"workspace: {ws.root}\nnext: labelwise status -w {ws.root}", highlight=False)
+    return ws

@@ -1,0 +1,487 @@
+"""The SQLite store: the single source of truth of a workspace.
+
+Everything that must survive a crash lives here: images (by content hash), labels (and every earlier version of
+them), rounds and the step each is at, cached detections, selections with every score component, quarantined files
+and the annotation backends' bookkeeping. WAL mode, and every change inside one transaction, so `kill -9` at any
+moment leaves the store as it was before the interrupted step or after it, never between.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelwise.detections import ImageDetections, ScoredPool
+
+STORE_NAME = "labelwise.db"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images(
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    split TEXT NOT NULL DEFAULT 'pool' CHECK (split IN ('pool', 'val')),
+    state TEXT NOT NULL DEFAULT 'unlabeled' CHECK (state IN ('unlabeled', 'selected', 'labeled')),
+    added_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_state ON images(split, state);
+CREATE TABLE IF NOT EXISTS image_paths(path TEXT PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id));
+CREATE TABLE IF NOT EXISTS quarantine(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS labels(
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    boxes TEXT NOT NULL,
+    round INTEGER,
+    source TEXT,
+    annotator TEXT,
+    lead_time_s REAL,
+    updated_at TEXT,
+    imported_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_history(
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL,
+    boxes TEXT NOT NULL,
+    round INTEGER,
+    source TEXT,
+    annotator TEXT,
+    lead_time_s REAL,
+    updated_at TEXT,
+    imported_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds(
+    round INTEGER PRIMARY KEY,
+    step TEXT NOT NULL CHECK (step IN ('train', 'score', 'select', 'annotate', 'done')),
+    strategy TEXT,
+    model_path TEXT,
+    model_hash TEXT,
+    n_labeled INTEGER,
+    map50 REAL,
+    map50_95 REAL,
+    per_class_ap50 TEXT,
+    train_seconds REAL,
+    score_seconds REAL,
+    agreement REAL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS detections(
+    sha256 TEXT NOT NULL,
+    model_hash TEXT NOT NULL,
+    imgsz INTEGER NOT NULL,
+    variant TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    n_boxes INTEGER NOT NULL,
+    n_classes INTEGER NOT NULL,
+    max_candidate REAL NOT NULL,
+    boxes BLOB NOT NULL,
+    class_scores BLOB NOT NULL,
+    box_features BLOB NOT NULL,
+    embedding BLOB NOT NULL,
+    PRIMARY KEY (model_hash, imgsz, variant, sha256)
+);
+CREATE TABLE IF NOT EXISTS selections(
+    round INTEGER NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    rank INTEGER NOT NULL,
+    score REAL NOT NULL,
+    components TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT 'pending' CHECK (outcome IN ('pending', 'labeled', 'skipped')),
+    PRIMARY KEY (round, image_id)
+);
+CREATE TABLE IF NOT EXISTS duplicate_skips(
+    round INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    duplicate_of TEXT NOT NULL,
+    similarity REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv(namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                              PRIMARY KEY (namespace, key));
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: int
+    sha256: str
+    path: Path
+    width: int
+    height: int
+    split: str
+    state: str
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    round: int
+    step: str
+    strategy: str | None
+    model_path: str | None
+    model_hash: str | None
+    n_labeled: int | None
+    map50: float | None
+    map50_95: float | None
+    per_class_ap50: dict[str, float] | None
+    train_seconds: float | None
+    score_seconds: float | None
+    agreement: float | None
+    started_at: str
+    finished_at: str | None
+
+
+Box = tuple[int, float, float, float, float]
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of change. Nested use joins the outer transaction."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- key-value (backend bookkeeping, workspace facts) ---------------------------------------------------------
+
+    def kv_get(self, namespace: str, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def kv_set(self, namespace: str, key: str, value: Any) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO kv(namespace, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
+                (namespace, key, json.dumps(value)),
+            )
+
+    # -- images --------------------------------------------------------------------------------------------------
+
+    def image_by_sha(self, sha256: str) -> ImageRow | None:
+        row = self.conn.execute("SELECT * FROM images WHERE sha256=?", (sha256,)).fetchone()
+        return _image(row) if row else None
+
+    def image(self, image_id: int) -> ImageRow:
+        row = self.conn.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no image with id {image_id}")
+        return _image(row)
+
+    def known_path(self, path: str) -> int | None:
+        row = self.conn.execute("SELECT image_id FROM image_paths WHERE path=?", (path,)).fetchone()
+        return int(row[0]) if row else None
+
+    def add_image(self, sha256: str, path: str, width: int, height: int, split: str = "pool") -> tuple[int, bool]:
+        """Insert an image (or find it by hash). Returns (id, created). Records `path` as one of its names."""
+        with self.transaction() as c:
+            row = c.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
+            created = row is None
+            if created:
+                cur = c.execute(
+                    "INSERT INTO images(sha256, path, width, height, split, added_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sha256, path, width, height, split, now()),
+                )
+                image_id = int(cur.lastrowid)
+            else:
+                image_id = int(row[0])
+            c.execute("INSERT OR IGNORE INTO image_paths(path, image_id) VALUES (?, ?)", (path, image_id))
+            c.execute("DELETE FROM quarantine WHERE path=?", (path,))
+        return image_id, created
+
+    def images(self, split: str | None = None, state: str | None = None) -> list[ImageRow]:
+        sql, args = "SELECT * FROM images WHERE 1=1", []
+        if split:
+            sql += " AND split=?"
+            args.append(split)
+        if state:
+            sql += " AND state=?"
+            args.append(state)
+        return [_image(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def image_ids(self, split: str, state: str) -> np.ndarray:
+        rows = self.conn.execute("SELECT id FROM images WHERE split=? AND state=? ORDER BY id", (split, state))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def counts(self) -> dict[str, int]:
+        out = {"pool_unlabeled": 0, "pool_selected": 0, "pool_labeled": 0, "val_labeled": 0, "val_unlabeled": 0}
+        for split, state, n in self.conn.execute("SELECT split, state, COUNT(*) FROM images GROUP BY split, state"):
+            out[f"{split}_{state}"] = n
+        out["quarantined"] = self.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        out["duplicate_paths"] = self.conn.execute(
+            "SELECT COUNT(*) FROM image_paths p JOIN images i ON i.id = p.image_id WHERE p.path != i.path"
+        ).fetchone()[0]
+        return out
+
+    def duplicate_paths(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT p.path, i.path FROM image_paths p JOIN images i ON i.id = p.image_id WHERE p.path != i.path"
+        )]
+
+    def quarantine(self, path: str, reason: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO quarantine(path, reason, at) VALUES (?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, at=excluded.at",
+                (path, reason, now()),
+            )
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.conn.execute("SELECT path, reason FROM quarantine ORDER BY path")]
+
+    def set_split(self, image_id: int, split: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE images SET split=? WHERE id=?", (split, image_id))
+
+    # -- labels --------------------------------------------------------------------------------------------------
+
+    def put_label(self, image_id: int, boxes: Iterable[Box], *, round_no: int | None, source: str,
+                  annotator: str | None = None, lead_time_s: float | None = None,
+                  updated_at: str | None = None) -> None:
+        """Set an image's label (the newest wins; every version stays in label_history) and mark it labeled."""
+        payload = json.dumps([[int(b[0]), *(round(float(v), 8) for v in b[1:5])] for b in boxes])
+        stamp = now()
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO label_history(image_id, boxes, round, source, annotator, lead_time_s, updated_at,"
+                " imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (image_id, payload, round_no, source, annotator, lead_time_s, updated_at, stamp),
+            )
+            c.execute(
+                "INSERT INTO labels(image_id, boxes, round, source, annotator, lead_time_s, updated_at, imported_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(image_id) DO UPDATE SET boxes=excluded.boxes,"
+                " round=excluded.round, source=excluded.source, annotator=excluded.annotator,"
+                " lead_time_s=excluded.lead_time_s, updated_at=excluded.updated_at, imported_at=excluded.imported_at",
+                (image_id, payload, round_no, source, annotator, lead_time_s, updated_at, stamp),
+            )
+            c.execute("UPDATE images SET state='labeled' WHERE id=?", (image_id,))
+
+    def label(self, image_id: int) -> list[Box] | None:
+        row = self.conn.execute("SELECT boxes FROM labels WHERE image_id=?", (image_id,)).fetchone()
+        return [tuple(b) for b in json.loads(row[0])] if row else None  # type: ignore[misc]
+
+    def labels(self, split: str) -> list[tuple[ImageRow, list[Box]]]:
+        rows = self.conn.execute(
+            "SELECT i.*, l.boxes AS label_boxes FROM images i JOIN labels l ON l.image_id = i.id "
+            "WHERE i.split=? AND i.state='labeled' ORDER BY i.id", (split,)
+        )
+        return [(_image(r), [tuple(b) for b in json.loads(r["label_boxes"])]) for r in rows]  # type: ignore[misc]
+
+    def label_history_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM label_history").fetchone()[0]
+
+    def class_box_counts(self, n_classes: int, split: str = "pool") -> np.ndarray:
+        counts = np.zeros(n_classes, dtype=np.int64)
+        for (payload,) in self.conn.execute(
+            "SELECT l.boxes FROM labels l JOIN images i ON i.id = l.image_id WHERE i.split=?", (split,)
+        ):
+            for box in json.loads(payload):
+                if 0 <= box[0] < n_classes:
+                    counts[box[0]] += 1
+        return counts
+
+    # -- rounds --------------------------------------------------------------------------------------------------
+
+    def rounds(self) -> list[RoundRow]:
+        return [_round(r) for r in self.conn.execute("SELECT * FROM rounds ORDER BY round")]
+
+    def current_round(self) -> RoundRow | None:
+        row = self.conn.execute("SELECT * FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
+        return _round(row) if row else None
+
+    def start_round(self, round_no: int, step: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO rounds(round, step, started_at) VALUES (?, ?, ?)", (round_no, step, now()))
+
+    def update_round(self, round_no: int, **fields: Any) -> None:
+        if "per_class_ap50" in fields and fields["per_class_ap50"] is not None:
+            fields["per_class_ap50"] = json.dumps(fields["per_class_ap50"])
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as c:
+            c.execute(f"UPDATE rounds SET {cols} WHERE round=?", (*fields.values(), round_no))
+
+    # -- detections cache ----------------------------------------------------------------------------------------
+
+    def put_detections(self, model_hash: str, imgsz: int, items: Iterable[tuple[str, ImageDetections]],
+                       variant: str = "") -> None:
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO detections(sha256, model_hash, imgsz, variant, width, height, n_boxes,"
+                " n_classes, max_candidate, boxes, class_scores, box_features, embedding)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (sha, model_hash, imgsz, variant, d.width, d.height, d.n_boxes, d.class_scores.shape[1],
+                     float(d.max_candidate_score), d.boxes.astype(np.float32).tobytes(),
+                     d.class_scores.astype(np.float32).tobytes(), d.box_features.astype(np.float16).tobytes(),
+                     d.embedding.astype(np.float16).tobytes())
+                    for sha, d in items
+                ],
+            )
+
+    def scored_shas(self, model_hash: str, imgsz: int, variant: str = "") -> set[str]:
+        rows = self.conn.execute(
+            "SELECT sha256 FROM detections WHERE model_hash=? AND imgsz=? AND variant=?", (model_hash, imgsz, variant)
+        )
+        return {r[0] for r in rows}
+
+    def detections(self, sha256: str, model_hash: str, imgsz: int, variant: str = "") -> ImageDetections | None:
+        row = self.conn.execute(
+            "SELECT * FROM detections WHERE sha256=? AND model_hash=? AND imgsz=? AND variant=?",
+            (sha256, model_hash, imgsz, variant),
+        ).fetchone()
+        return _detections(row) if row else None
+
+    def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "") -> ScoredPool:
+        """The cached detections of `image_ids` packed for the core (ids without detections are left out)."""
+        wanted = set(int(i) for i in image_ids)
+        ids, emb, counts, scores, boxes, maxc = [], [], [], [], [], []
+        n_classes = None
+        rows = self.conn.execute(
+            "SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
+            " d.embedding FROM detections d JOIN images i ON i.sha256 = d.sha256"
+            " WHERE d.model_hash=? AND d.imgsz=? AND d.variant=? ORDER BY i.id",
+            (model_hash, imgsz, variant),
+        )
+        for image_id, w, h, n, nc, mc, b, s, e in rows:
+            if image_id not in wanted:
+                continue
+            n_classes = nc
+            ids.append(image_id)
+            emb.append(np.frombuffer(e, dtype=np.float16))
+            counts.append(n)
+            maxc.append(mc)
+            if n:
+                scores.append(np.frombuffer(s, dtype=np.float32).reshape(n, nc))
+                boxes.append(np.frombuffer(b, dtype=np.float32).reshape(n, 4) / np.array([w, h, w, h], np.float32))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        nc = n_classes or 0
+        return ScoredPool(
+            image_ids=np.asarray(ids, dtype=np.int64),
+            embeddings=np.stack(emb).astype(np.float32) if emb else np.zeros((0, 0), np.float32),
+            box_offsets=offsets,
+            class_scores=np.concatenate(scores) if scores else np.zeros((0, nc), np.float32),
+            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+            max_candidate_score=np.asarray(maxc, dtype=np.float32),
+        )
+
+    def embeddings(self, image_ids: Iterable[int], model_hash: str, imgsz: int) -> np.ndarray:
+        ids = [int(i) for i in image_ids]
+        if not ids:
+            return np.zeros((0, 0), np.float32)
+        out = []
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start:chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT d.embedding FROM detections d JOIN images i ON i.sha256 = d.sha256 WHERE i.id IN ({marks})"
+                " AND d.model_hash=? AND d.imgsz=? AND d.variant=''", (*chunk, model_hash, imgsz),
+            )
+            out.extend(np.frombuffer(r[0], dtype=np.float16) for r in rows)
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    # -- selections ----------------------------------------------------------------------------------------------
+
+    def save_selection(self, round_no: int, picks: list[tuple[int, int, float, dict, str]],
+                       skipped: list[tuple[int, str, float]], next_step: str) -> None:
+        """Store a round's batch (image_id, rank, score, components, reason), mark its images selected and move the
+        round to `next_step`, all in one transaction."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM selections WHERE round=?", (round_no,))
+            c.execute("DELETE FROM duplicate_skips WHERE round=?", (round_no,))
+            c.executemany(
+                "INSERT INTO selections(round, image_id, rank, score, components, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                [(round_no, i, r, s, json.dumps(comp), why) for i, r, s, comp, why in picks],
+            )
+            c.executemany(
+                "INSERT INTO duplicate_skips(round, image_id, duplicate_of, similarity) VALUES (?, ?, ?, ?)",
+                [(round_no, i, of, sim) for i, of, sim in skipped],
+            )
+            c.executemany("UPDATE images SET state='selected' WHERE id=? AND state='unlabeled'",
+                          [(i,) for i, *_ in picks])
+            c.execute("UPDATE rounds SET step=? WHERE round=?", (next_step, round_no))
+
+    def selection(self, round_no: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT s.*, i.sha256, i.path, i.width, i.height, i.state FROM selections s"
+            " JOIN images i ON i.id = s.image_id WHERE s.round=? ORDER BY s.rank", (round_no,)
+        )
+        return [
+            {**dict(r), "components": json.loads(r["components"])} for r in rows
+        ]
+
+    def duplicate_skips(self, round_no: int) -> list[tuple[int, str, float]]:
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(
+            "SELECT image_id, duplicate_of, similarity FROM duplicate_skips WHERE round=?", (round_no,))]
+
+    def set_outcome(self, round_no: int, image_id: int, outcome: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE selections SET outcome=? WHERE round=? AND image_id=?", (outcome, round_no, image_id))
+            if outcome == "skipped":
+                c.execute("UPDATE images SET state='unlabeled' WHERE id=? AND state='selected'", (image_id,))
+
+
+def _image(row: sqlite3.Row) -> ImageRow:
+    return ImageRow(row["id"], row["sha256"], Path(row["path"]), row["width"], row["height"], row["split"],
+                    row["state"])
+
+
+def _round(row: sqlite3.Row) -> RoundRow:
+    d = dict(row)
+    if d["per_class_ap50"]:
+        d["per_class_ap50"] = json.loads(d["per_class_ap50"])
+    return RoundRow(**d)
+
+
+def _detections(row: sqlite3.Row) -> ImageDetections:
+    n, nc = row["n_boxes"], row["n_classes"]
+    features = np.frombuffer(row["box_features"], dtype=np.float16)
+    return ImageDetections(
+        boxes=np.frombuffer(row["boxes"], dtype=np.float32).reshape(n, 4),
+        class_scores=np.frombuffer(row["class_scores"], dtype=np.float32).reshape(n, nc),
+        box_features=features.reshape(n, -1) if n else np.zeros((0, 0), np.float16),
+        embedding=np.frombuffer(row["embedding"], dtype=np.float16).astype(np.float32),
+        max_candidate_score=row["max_candidate"],
+        width=row["width"],
+        height=row["height"],
+    )
