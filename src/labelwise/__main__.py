@@ -1,0 +1,3 @@
+from labelwise.cli import app
+
+app(prog_name="labelwise")
