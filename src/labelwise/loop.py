@@ -486,13 +486,19 @@ class Workspace:
             skipped: list[tuple[int, str, float]] = []
         else:
             cfg = self.config
-            pool = self.store.scored_pool(unlabeled, current.model_hash, cfg.imgsz)
+            pool = self.store.scored_pool(unlabeled, current.model_hash, cfg.imgsz, n_classes=len(cfg.classes))
             labeled_ids = self.store.image_ids("pool", "labeled")
             labeled_ctx = LabeledContext(
                 embeddings=self.store.embeddings(labeled_ids, current.model_hash, cfg.imgsz)
                 if len(labeled_ids) else np.zeros((0, pool.embeddings.shape[1]), np.float32),
                 class_counts=self.store.class_box_counts(len(cfg.classes)),
             )
+            # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
+            # every pair (worst with a young model) and near-duplicate suppression would reject the whole pool.
+            # Centring on the mean of pool and labeled embeddings leaves only what tells images apart.
+            centre = np.concatenate([pool.embeddings, labeled_ctx.embeddings]).mean(axis=0) if len(pool) else 0.0
+            pool = dataclasses.replace(pool, embeddings=pool.embeddings - centre)
+            labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
             extra: dict[str, Any] = {}
             if strategy_config.name == "consistency":
                 extra["flipped"] = self._aligned(pool, current.model_hash, "flip")
@@ -504,12 +510,17 @@ class Workspace:
                      in enumerate(zip(result.rows, result.scores, result.components, result.reasons), start=1)]
             skipped = [(int(pool.image_ids[row]), _describe_duplicate(of, pool, labeled_ids), float(sim))
                        for row, of, sim in result.skipped_duplicates]
+        if not picks and k > 0 and len(unlabeled):
+            raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
+                            f"({len(skipped)} skipped as near-duplicates); lower or switch off "
+                            "strategy.dedup_threshold in labelwise.yaml")
         crash_point("before_save_selection")
         self.store.save_selection(round_no, picks, skipped, next_step="annotate")
         return self.store.selection(round_no)
 
     def _aligned(self, pool: ScoredPool, model_hash: str, variant: str) -> ScoredPool:
-        other = self.store.scored_pool(pool.image_ids, model_hash, self.config.imgsz, variant)
+        other = self.store.scored_pool(pool.image_ids, model_hash, self.config.imgsz, variant,
+                                       n_classes=len(self.config.classes))
         if len(other) != len(pool):
             raise LoopError(f"the '{variant}' pass is missing for {len(pool) - len(other)} images; "
                             "run `labelwise score` again")
@@ -627,7 +638,7 @@ class Workspace:
         trained = [r for r in self.store.rounds() if r.map50 is not None]
         history = RoundHistory(
             labeled_counts=[r.n_labeled or 0 for r in trained], map50=[r.map50 for r in trained],
-            agreements=[r.agreement for r in trained if r.agreement is not None],
+            agreements=[float('nan') if r.agreement is None else r.agreement for r in trained],
         )
         s = self.config.stopping
         return advise(history, min_gain=s.min_map_gain, patience=s.patience)

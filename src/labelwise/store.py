@@ -371,11 +371,11 @@ class Store:
         ).fetchone()
         return _detections(row) if row else None
 
-    def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "") -> ScoredPool:
+    def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "",
+                    n_classes: int | None = None) -> ScoredPool:
         """The cached detections of `image_ids` packed for the core (ids without detections are left out)."""
         wanted = set(int(i) for i in image_ids)
         ids, emb, counts, scores, boxes, maxc = [], [], [], [], [], []
-        n_classes = None
         rows = self.conn.execute(
             "SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
             " d.embedding FROM detections d JOIN images i ON i.sha256 = d.sha256"
@@ -385,7 +385,10 @@ class Store:
         for image_id, w, h, n, nc, mc, b, s, e in rows:
             if image_id not in wanted:
                 continue
-            n_classes = nc
+            if n_classes is None:
+                n_classes = nc
+            elif nc != n_classes:
+                raise ValueError(f"cached detections have {nc} classes, expected {n_classes}: stale model cache")
             ids.append(image_id)
             emb.append(np.frombuffer(e, dtype=np.float16))
             counts.append(n)

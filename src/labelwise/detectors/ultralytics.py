@@ -156,7 +156,7 @@ class UltralyticsDetector:
                 best_any = y[:, 4:4 + nc, :].amax(dim=(1, 2))
                 results = []
                 for b, (key, img) in enumerate(zip(keys, originals)):
-                    det, idx = out[b], keep[b].long()
+                    det, idx = out[b], keep[b].long().view(-1)
                     scores = y[b, 4:4 + nc, :][:, idx].T.contiguous()
                     boxes_in = det[:, :4]
                     box_feats = _roi_features(roi_align, feats, b, boxes_in, strides)
