@@ -19,7 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/labelwise demo
 
-test: $(STAMP)
+# Label Studio (for the server tests) lives in its own venv: it pins its own Django, numpy and opencv.
+LS_STAMP := .venv-label-studio/initialised-data/.initialised
+
+$(LS_STAMP): scripts/label-studio.sh
+	bash scripts/label-studio.sh init
+
+test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -38,7 +38,7 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except (ConfigError, LoopError, DetectorError, AnnotationError, FileNotFoundError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -171,7 +171,7 @@ def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip) of YOL
     report = Workspace(workspace).import_labels(labels)
     out.print(f"imported {report.imported}, skipped {report.skipped}, still pending {report.pending}")
     for problem in report.problems:
-        err.print(f"[yellow]not imported:[/yellow] {problem}", highlight=False)
+        err.print(f"[yellow]not imported:[/yellow] {problem}", highlight=False, soft_wrap=True)
     if report.complete:
         out.print("round complete. next: labelwise run")
 
@@ -194,10 +194,18 @@ def _print_round(summary: RoundSummary) -> None:
 
 @annotate_app.command("push")
 @friendly
-def annotate_push(workspace: WorkspaceOpt = Path(".")) -> None:
+def annotate_push(workspace: WorkspaceOpt = Path("."),
+                  new_project: Annotated[bool, typer.Option(
+                      "--new-project", help="Label Studio: forget the remembered project (e.g. it was deleted) "
+                                            "and create a new one.")] = False) -> None:
     """Send the batch (with the model's boxes as pre-annotations) to the configured backend."""
     ws = Workspace(workspace)
     backend = ws.backend()
+    if new_project:
+        forget = getattr(backend, "forget_project", None)
+        if forget is None:
+            raise AnnotationError(f"--new-project only applies to Label Studio, not the {backend.name} backend")
+        forget()
     backend.push(ws.batch())
     out.print(f"pushed round {ws.batch().round} to {backend.name}")
 

@@ -599,7 +599,8 @@ class Workspace:
     def _apply(self, batch: Batch, result: PullResult) -> "ImportReport":
         """Write pulled labels in one transaction; complete the round when nothing is pending."""
         by_sha = batch.by_sha()
-        report = ImportReport(problems=[f"{p.where}: {p.message}" for p in result.problems])
+        report = ImportReport(problems=[p.message if p.where in p.message else f"{p.where}: {p.message}"
+                                      for p in result.problems])
         pending_before = {r["image_id"] for r in self.store.selection(batch.round) if r["outcome"] == "pending"}
         with self.store.transaction():
             for label in result.labels:

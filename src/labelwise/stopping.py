@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from kneed import KneeLocator
 from scipy.optimize import curve_fit
 
 from labelwise.boxes import match_boxes
@@ -326,6 +325,8 @@ def find_knee(labeled_counts: Sequence[float], map50: Sequence[float], sensitivi
     maximum of d a knee once d later drops below that maximum minus S · mean(Δx_n) (S = `sensitivity`). Runs the
     `kneed` package with curve="concave", direction="increasing" (a learning curve), offline (first knee found).
     """
+    from kneed import KneeLocator  # kneed imports matplotlib: keep that cost out of `import labelwise.stopping`
+
     labels = _as_float_array(labeled_counts)
     values = _as_float_array(map50)
     n_rounds = min(labels.size, values.size)

@@ -235,7 +235,7 @@ def yolo_to_percent(cx: float, cy: float, w: float, h: float) -> tuple[float, fl
 
 def percent_to_yolo(x: float, y: float, width: float, height: float) -> tuple[float, float, float, float]:
     """Label Studio's percent rectangle -> YOLO centre box in fractions (the inverse of `yolo_to_percent`)."""
-    return (x + width / 2.0001) / 100.0, (y + height / 2) / 100.0, width / 100.0, height / 100.0
+    return (x + width / 2) / 100.0, (y + height / 2) / 100.0, width / 100.0, height / 100.0
 
 
 def prediction_result(item: BatchItem, classes: Sequence[str]) -> list[dict[str, Any]]:

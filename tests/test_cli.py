@@ -1,0 +1,65 @@
+"""The CLI over the Python API: init, add, status; clear errors; no prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from labelwise.cli import app
+
+runner = CliRunner()
+
+
+def _images(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+
+
+def test_init_status_add(tmp_path):
+    _images(tmp_path / "pool", 5)
+    (tmp_path / "pool" / "broken.png").write_bytes(b"garbage")
+    result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"),
+                                 "--classes", "cat,dog"])
+    assert result.exit_code == 0, result.output
+    assert "added 5 images" in result.output and "quarantined" in result.output
+    assert (tmp_path / "ws" / "labelwise.yaml").exists() and (tmp_path / "ws" / "labelwise.db").exists()
+    status = runner.invoke(app, ["status", "-w", str(tmp_path / "ws")])
+    assert status.exit_code == 0, status.output
+    assert "labelwise select" in status.output  # nothing labeled yet: the next step is a random seed batch
+    assert "broken.png" in status.output
+    _images(tmp_path / "more", 2, seed=1)
+    added = runner.invoke(app, ["add", str(tmp_path / "more"), "-w", str(tmp_path / "ws")])
+    assert "added 2 images" in added.output
+
+
+def test_select_and_export_cold_start_then_import_from_the_cli(tmp_path):
+    _images(tmp_path / "pool", 6)
+    runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"), "--classes", "a",
+                        "--per-round", "3"])
+    ws = ["-w", str(tmp_path / "ws")]
+    sel = runner.invoke(app, ["select", *ws])
+    assert sel.exit_code == 0, sel.output
+    assert "selected 3 images" in sel.output
+    exp = runner.invoke(app, ["export", *ws])
+    assert exp.exit_code == 0, exp.output
+    staged = sorted((tmp_path / "ws" / "annotation" / "round-001" / "images").iterdir())
+    assert len(staged) == 3
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / f"{staged[0].stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (labels / f"{staged[1].stem}.txt").write_text("0 0.5 0.5 0.2\n")  # malformed: 4 fields
+    imp = runner.invoke(app, ["import", str(labels), *ws])
+    assert imp.exit_code == 0, imp.output
+    assert "imported 1" in imp.output and "pending 2" in imp.output
+    assert f"{staged[1].stem}.txt:1" in imp.output
+
+
+def test_errors_are_one_clear_line_with_exit_code_2(tmp_path):
+    result = runner.invoke(app, ["status", "-w", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "labelwise init" in result.output
+    result = runner.invoke(app, ["train", "-w", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
