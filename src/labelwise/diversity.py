@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 #: Rows per chunk of a pool-by-centres similarity product: bounds temporary memory to chunk x block floats.
 _CHUNK = 16384
@@ -63,7 +64,17 @@ class GreedyResult:
     skipped: list[tuple[int, int, float]]
 
 
-def farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
+def farthest_first(x: np.ndarray, k: int, **kwargs) -> GreedyResult:
+    """Generic exact greedy, see `_farthest_first` for the formula and arguments.
+
+    Runs with BLAS on one thread: the loop is thousands of small matrix products, and on a loaded machine a
+    multi-threaded BLAS spends several times longer synchronising its threads than computing them.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _farthest_first(x, k, **kwargs)
+
+
+def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
                    base: np.ndarray | None = None, gain: np.ndarray | None = None,
                    transform: Callable[[np.ndarray], np.ndarray] = np.sqrt,
                    first: int | None = None, dup_distance: float | None = None,

@@ -1,0 +1,467 @@
+"""Query strategies: which pool images to label next, with every score component and a reason for each pick.
+
+Pure NumPy core; `select` is the single entry point the loop calls. Higher score = more informative.
+
+Order of work in `select`:
+1. per-image scores (uncertainty by the configured measure/aggregation/empty policy; committee disagreement or
+   flip inconsistency when those strategies run), multiplied by the rare-class weight when `rare_class_weight` is on;
+2. class quotas (if any), rarest labeled class first: the best images by the strategy's static score that are
+   predicted to hold the class, until the batch holds `quota` images of it;
+3. the strategy proper for the rest of the batch, treating quota picks as already in the batch;
+4. if near-duplicate suppression left the batch short, it is filled by the strategy's static score.
+Near-duplicate suppression applies in every step: an image whose cosine similarity to a labeled image or to one
+already in the batch is >= `dedup_threshold` is skipped and recorded in `Selection.skipped_duplicates`.
+
+Ties are broken by the smaller image id, so the picked set does not depend on the order of the pool's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from labelwise.balance import class_presence, predicted_classes, quota_order, rare_class_weights
+from labelwise.committee import committee_disagreement
+from labelwise.consistency import consistency_scores
+from labelwise.detections import ScoredPool
+from labelwise.diversity import (
+    _nearest,
+    central_point,
+    centroid_diversity,
+    cosine_to_distance,
+    farthest_first,
+    l2_normalise,
+)
+from labelwise.uncertainty import AGGREGATIONS, EMPTY_POLICIES, MEASURES, image_uncertainty
+
+STRATEGIES: tuple[str, ...] = (
+    "random", "least_confidence", "margin", "entropy", "coreset", "hybrid", "uncertainty_then_diverse",
+    "committee", "consistency",
+)
+DIVERSITY_TERMS = ("nearest", "centroid")
+_UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
+
+#: Candidates checked against the labeled set and the batch per step of a ranked walk.
+_WALK_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """How to pick a batch. See `select` and the module docstring.
+
+    name: one of STRATEGIES. uncertainty: the measure (least_confidence | margin | entropy | binary_entropy) used by
+    hybrid, uncertainty_then_diverse, coreset/committee/consistency quota and fill order; the three uncertainty
+    strategies use their own name as measure. aggregation/top_n: per-image aggregation of per-box scores.
+    empty_policy/empty_value: score of images with no kept box (uncertainty.empty_image_scores). alpha/beta: hybrid
+    weights. diversity: hybrid's diversity term, "nearest" (ranked batch-mode) or "centroid" (the article's).
+    n_clusters: MiniBatchKMeans k for "centroid". candidate_factor: M = factor * k for uncertainty_then_diverse.
+    dedup_threshold: cosine similarity at or above which two images are near duplicates (None: off). 0.98 on
+    L2-normalised embeddings by default: re-encoded or lightly cropped copies of one frame and consecutive video
+    frames sit above it, different scenes well below. rare_class_weight: multiply scores by
+    balance.rare_class_weights. class_quotas: {class id: minimum images predicted to hold it}. seed: random and
+    k-means seed.
+    """
+
+    name: str = "least_confidence"
+    uncertainty: str = "least_confidence"
+    aggregation: str = "max"
+    top_n: int = 3
+    empty_policy: str = "near_miss"
+    empty_value: float = 1.0
+    alpha: float = 0.7
+    beta: float = 0.3
+    diversity: str = "nearest"
+    n_clusters: int = 50
+    candidate_factor: int = 4
+    dedup_threshold: float | None = 0.98
+    rare_class_weight: bool = False
+    class_quotas: dict[int, int] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"name": STRATEGIES, "uncertainty": MEASURES, "aggregation": AGGREGATIONS,
+                   "empty_policy": EMPTY_POLICIES, "diversity": DIVERSITY_TERMS}
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"strategy config: unknown {key} {value!r}; expected one of {', '.join(allowed)}")
+        if self.top_n < 1:
+            raise ValueError(f"strategy config: top_n must be >= 1, got {self.top_n}")
+        if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta == 0:
+            raise ValueError(f"strategy config: alpha and beta must be >= 0 and not both 0, got {self.alpha}, {self.beta}")
+        if self.n_clusters < 1 or self.candidate_factor < 1:
+            raise ValueError("strategy config: n_clusters and candidate_factor must be >= 1")
+        if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
+            raise ValueError(f"strategy config: dedup_threshold must be in [-1, 1] or null, got {self.dedup_threshold}")
+        quotas = {int(c): int(m) for c, m in dict(self.class_quotas).items()}
+        if any(m < 0 for m in quotas.values()):
+            raise ValueError(f"strategy config: class_quotas must be >= 0, got {quotas}")
+        object.__setattr__(self, "class_quotas", quotas)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StrategyConfig":
+        """Config from a plain mapping (e.g. a `labelwise.yaml` section); ValueError names any unknown key or value."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"strategy config: unknown key(s) {', '.join(map(repr, unknown))}; "
+                             f"known keys are {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+
+@dataclass(frozen=True)
+class LabeledContext:
+    """What is already labeled: embeddings (M, d), M may be 0; class_counts (n_classes,) labeled box counts."""
+
+    embeddings: np.ndarray
+    class_counts: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A picked batch. rows: pool positions in pick order, distinct. scores: per pick, the score it was ranked by.
+    components: per pick, every score component. reasons: per pick, why it was picked. skipped_duplicates: (pool
+    row skipped, "pool row R" or "labeled #J" it duplicates, cosine similarity)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    components: list[dict[str, float]]
+    reasons: list[str]
+    skipped_duplicates: list[tuple[int, str, float]]
+
+
+def _minmax(v: np.ndarray) -> np.ndarray:
+    """``(v - min v) / (max v - min v)``; all zeros when v is constant (a constant term carries no preference)."""
+    if v.size == 0:
+        return v.astype(np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v, dtype=np.float64)
+
+
+class _Batch:
+    """The batch under construction and the near-duplicate bookkeeping shared by every step of `select`."""
+
+    def __init__(self, x: np.ndarray, lab: np.ndarray, image_ids: np.ndarray, threshold: float | None):
+        self.x, self.lab, self.image_ids, self.threshold = x, lab, image_ids, threshold
+        self.rows: list[int] = []
+        self.scores: list[float] = []
+        self.components: list[dict[str, float]] = []
+        self.reasons: list[str] = []
+        self.skipped: list[tuple[int, str, float]] = []
+        self.excluded = np.zeros(x.shape[0], dtype=bool)  # picked or skipped
+
+    def add(self, row: int, score: float, comps: dict[str, float], reason: str) -> None:
+        self.rows.append(int(row))
+        self.scores.append(float(score))
+        self.components.append({k: float(v) for k, v in comps.items()})
+        self.reasons.append(reason)
+        self.excluded[row] = True
+
+    def skip(self, row: int, of: str, cosine: float) -> None:
+        self.skipped.append((int(row), of, float(cosine)))
+        self.excluded[row] = True
+
+    def centres(self) -> np.ndarray:
+        """Labeled embeddings followed by the batch's: centre j < M is labeled #j, else pool row rows[j - M]."""
+        if not self.rows:
+            return self.lab
+        return np.concatenate([self.lab, self.x[np.asarray(self.rows)]])
+
+    def centre_name(self, j: int, batch_rows: list[int]) -> str:
+        m = self.lab.shape[0]
+        return f"labeled #{j}" if j < m else f"pool row {batch_rows[j - m]}"
+
+    def ranked(self, key: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows (default: all not excluded) by key descending, ties to the smaller image id."""
+        rows = np.flatnonzero(~self.excluded) if rows is None else rows[~self.excluded[rows]]
+        return rows[np.lexsort((self.image_ids[rows], -key[rows]))]
+
+    def walk(self, order: np.ndarray, need: int, score: np.ndarray, comps, reason) -> int:
+        """Takes rows from `order` until `need` are picked, skipping near duplicates of labeled or batch images.
+        Returns how many were picked. `comps(row)` and `reason(row, rank)` describe each pick."""
+        picked = 0
+        pos = 0
+        thr = self.threshold
+        order = order[~self.excluded[order]]
+        while picked < need and pos < order.size:
+            blk = order[pos:pos + max(_WALK_BLOCK, 2 * need)]
+            pos += blk.size
+            blk = blk[~self.excluded[blk]]
+            if thr is None:
+                for r in blk[:need - picked]:
+                    self.add(r, score[r], comps(r), reason(r, len(self.rows) + 1))
+                picked += min(blk.size, need - picked)
+                continue
+            xb = self.x[blk]
+            before = list(self.rows)
+            cen = self.centres()
+            if cen.shape[0]:
+                sims = xb @ cen.T
+                best = np.argmax(sims, axis=1)
+                best_sim = sims[np.arange(blk.size), best]
+            else:
+                best = np.zeros(blk.size, dtype=np.int64)
+                best_sim = np.full(blk.size, -np.inf)
+            self_sims = xb @ xb.T
+            taken_here: list[int] = []
+            for i, r in enumerate(blk):
+                if best_sim[i] >= thr:
+                    self.skip(r, self.centre_name(int(best[i]), before), best_sim[i])
+                    continue
+                if taken_here:
+                    s = self_sims[i, taken_here]
+                    j = int(np.argmax(s))
+                    if s[j] >= thr:
+                        self.skip(r, f"pool row {int(blk[taken_here[j]])}", s[j])
+                        continue
+                self.add(r, score[r], comps(r), reason(r, len(self.rows) + 1))
+                taken_here.append(i)
+                picked += 1
+                if picked >= need:
+                    break
+        return picked
+
+    def greedy(self, rows: np.ndarray, need: int, base: np.ndarray, gain: np.ndarray, transform,
+               first_key: np.ndarray | None):
+        """Runs diversity.farthest_first on pool `rows` (not excluded) with labeled + batch as centres; returns the
+        picks as (pool row, value, distance) and records skipped duplicates. Without any centre, the first pick is
+        the row with the largest `first_key` (None: diversity.central_point)."""
+        rows = np.sort(rows[~self.excluded[rows]])  # sorted: then all rows means x itself, no copy
+        if rows.size == 0 or need <= 0:
+            return []
+        full = rows.size == self.x.shape[0]
+        xs = self.x if full else self.x[rows]
+        cen = self.centres()
+        before = list(self.rows)
+        first = None
+        if cen.shape[0] == 0:
+            if first_key is None:
+                first = central_point(xs)
+            else:
+                key = first_key[rows]
+                tied = np.flatnonzero(key == key.max())
+                first = int(tied[np.argmin(self.image_ids[rows][tied])])
+        dup = None if self.threshold is None else cosine_to_distance(self.threshold)
+        res = farthest_first(xs, need, labeled=cen if cen.shape[0] else None, base=base[rows], gain=gain[rows],
+                             transform=transform, first=first, dup_distance=dup, tie_key=self.image_ids[rows])
+        for local, centre, dist in res.skipped:
+            if centre >= 0:
+                of = f"pool row {int(rows[centre])}"
+            else:
+                of = self.centre_name(-1 - centre, before)
+            self.skip(int(rows[local]), of, 1.0 - dist * dist / 2.0)
+        return [(int(rows[p]), float(v), float(d)) for p, v, d in zip(res.picks, res.values, res.distances)]
+
+
+def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledContext | None = None,
+           members: list[ScoredPool] | None = None, flipped: ScoredPool | None = None) -> Selection:
+    """Picks min(k, selectable) distinct pool rows with `config.name` (one of STRATEGIES).
+
+    Strategies (u = per-image uncertainty, w = rare-class weight, 1 when off):
+    - random: uniform without replacement (weighted by w when on: Efraimidis & Spirakis 2006, key ``r^(1/w)``).
+    - least_confidence | margin | entropy: rank by ``w * u`` with that measure (Settles 2009).
+    - coreset: k-center greedy on image embeddings, labeled images as first centres (Sener & Savarese 2018); the
+      greedy maximises ``w * D(x)``, D the distance to the nearest labeled-or-picked image.
+    - hybrid: ``w * (alpha * u' + beta * d)``. u' = u min-max scaled over the pool. diversity "nearest":
+      ``d = min(D(x) / D0, 1)``, updated after every pick (ranked batch-mode, Cardoso et al. 2017), D0 the largest
+      distance from a pool image to the initial centres (the labeled set, or the first pick when nothing is
+      labeled; the first pick is then the most uncertain image). diversity "centroid": the article's term,
+      `diversity.centroid_diversity`, static.
+    - uncertainty_then_diverse: the top ``M = candidate_factor * k`` by ``w * u``, then k-center greedy among them
+      (maximising ``w * D``), PPAL-style (Yang et al. 2022); without labeled images it starts at the most uncertain.
+    - committee: rank by ``w * disagreement`` (committee.committee_disagreement over `members`).
+    - consistency: rank by ``w * inconsistency`` (consistency.consistency_scores of `pool` vs `flipped`).
+    Raises ValueError when `members` / `flipped` are needed and missing, or k < 0.
+    """
+    if not isinstance(config, StrategyConfig):
+        raise TypeError("config must be a StrategyConfig (use StrategyConfig.from_dict for a mapping)")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n, nc = len(pool), pool.n_classes
+    if labeled is None:
+        labeled = LabeledContext(np.zeros((0, pool.embeddings.shape[1]), np.float32), np.zeros(nc))
+    counts = np.asarray(labeled.class_counts, dtype=np.float64).reshape(-1)
+    if counts.shape[0] != nc:
+        raise ValueError(f"labeled.class_counts has {counts.shape[0]} classes, the pool has {nc}")
+    name = config.name
+    if name == "committee" and not members:
+        raise ValueError("strategy 'committee' needs `members`: the committee's scored pools (same rows as the pool)")
+    if name == "consistency" and flipped is None:
+        raise ValueError("strategy 'consistency' needs `flipped`: the pool scored on horizontally flipped images")
+
+    x = l2_normalise(pool.embeddings)
+    lab_raw = np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1])
+    lab = l2_normalise(lab_raw)
+    ids = np.asarray(pool.image_ids)
+    batch = _Batch(x, lab, ids, config.dedup_threshold)
+    k = min(int(k), n)
+    if k == 0:
+        return Selection(np.zeros(0, np.int64), np.zeros(0), [], [], [])
+
+    measure = name if name in _UNCERTAINTY_STRATEGIES else config.uncertainty
+    unc = image_uncertainty(pool, measure, config.aggregation, config.top_n, config.empty_policy, config.empty_value)
+    n_boxes = pool.boxes_per_image
+    weight = rare_class_weights(class_presence(pool), counts) if config.rare_class_weight else np.ones(n)
+    extra: dict[str, np.ndarray] = {}
+    if name == "committee":
+        for m in members:
+            if not np.array_equal(m.image_ids, ids):
+                raise ValueError("committee members must score the same images, in the same order, as the pool")
+        extra["disagreement"] = committee_disagreement(members, config.aggregation, config.top_n)
+    if name == "consistency":
+        extra["inconsistency"] = consistency_scores(pool, flipped, config.aggregation, config.top_n)
+
+    # The strategy's static per-image score: quota picks and fill-up follow it.
+    if name == "random":
+        rng = np.random.default_rng(config.seed)
+        static = rng.random(n) ** (1.0 / weight)
+        static_label = "random draw"
+    elif name in ("committee", "consistency"):
+        static = weight * extra["disagreement" if name == "committee" else "inconsistency"]
+        static_label = "committee disagreement" if name == "committee" else "flip inconsistency"
+    else:
+        static = weight * unc
+        static_label = f"{measure} uncertainty ({config.aggregation})"
+
+    def base_components(r: int) -> dict[str, float]:
+        c = {"uncertainty": unc[r], "rare_weight": weight[r], "n_boxes": float(n_boxes[r])}
+        for key, v in extra.items():
+            c[key] = v[r]
+        if n_boxes[r] == 0:
+            c["max_candidate_score"] = float(pool.max_candidate_score[r])
+        return c
+
+    def describe(r: int) -> str:
+        parts = []
+        if n_boxes[r] == 0:
+            parts.append(f"no box kept; {config.empty_policy} score from top candidate "
+                         f"{float(pool.max_candidate_score[r]):.3f}" if config.empty_policy == "near_miss"
+                         else f"no box kept; fixed empty-image score {config.empty_value:g}")
+        if weight[r] > 1.0:
+            parts.append(f"rare-class weight {weight[r]:.2f}")
+        return ("; " + "; ".join(parts)) if parts else ""
+
+    def static_comps(r: int) -> dict[str, float]:
+        c = base_components(r)
+        c["score"] = static[r]
+        return c
+
+    def static_reason(prefix: str):
+        return lambda r, rank: f"{prefix}: {static_label} {static[r]:.3f} (pick {rank}){describe(r)}"
+
+    # Class quotas: rarest labeled class first.
+    if config.class_quotas:
+        present = predicted_classes(pool)
+        for c, minimum in quota_order(counts, config.class_quotas):
+            have = int(present[np.asarray(batch.rows, dtype=np.int64), c].sum()) if batch.rows else 0
+            need = min(minimum - have, k - len(batch.rows))
+            if need <= 0:
+                continue
+            order = batch.ranked(static, np.flatnonzero(present[:, c]))
+            batch.walk(order, need, static, static_comps,
+                       static_reason(f"class quota for class {c} (predicted present; {minimum} wanted)"))
+
+    need = k - len(batch.rows)
+    all_rows = np.arange(n)
+    if need > 0 and name in ("random", "least_confidence", "margin", "entropy", "committee", "consistency"):
+        label = {"random": "random", "committee": "query by committee", "consistency": "flip consistency"}.get(
+            name, f"{name} ranking")
+        batch.walk(batch.ranked(static), need, static, static_comps, static_reason(label))
+    elif need > 0 and name == "coreset":
+        picks = batch.greedy(all_rows, need, np.zeros(n), weight, np.sqrt, None)
+        for r, value, dist in picks:
+            c = base_components(r)
+            c["score"] = value if np.isfinite(value) else 0.0
+            if np.isfinite(dist):
+                c["distance"] = dist
+            why = ("first centre: the image nearest the pool's mean embedding (nothing labeled yet)"
+                   if not np.isfinite(dist) else
+                   f"k-center greedy: farthest from every labeled and picked image (distance {dist:.3f})")
+            batch.add(r, c["score"], c, why + describe(r))
+    elif need > 0 and name == "hybrid":
+        u_scaled = _minmax(unc)
+        if config.diversity == "centroid":
+            # k-means draws mini-batches by row position: fit in image-id order so row order cannot matter.
+            canonical = np.argsort(ids, kind="stable")
+            d = np.empty(n)
+            d[canonical] = centroid_diversity(x[canonical], config.n_clusters, config.seed)
+            hybrid = weight * (config.alpha * u_scaled + config.beta * d)
+
+            def comps(r: int) -> dict[str, float]:
+                c = base_components(r)
+                c.update(uncertainty_scaled=u_scaled[r], diversity=d[r], score=hybrid[r])
+                return c
+
+            batch.walk(batch.ranked(hybrid), need, hybrid, comps, lambda r, rank: (
+                f"hybrid (centroid): {config.alpha:g}*uncertainty {u_scaled[r]:.3f} + {config.beta:g}*distance "
+                f"to its k-means centroid {d[r]:.3f} = {hybrid[r]:.3f}{describe(r)}"))
+        else:
+            _hybrid_nearest(batch, need, unc, u_scaled, weight, config, base_components, describe)
+    elif need > 0 and name == "uncertainty_then_diverse":
+        m = min(n, config.candidate_factor * need)
+        cand = batch.ranked(static)[:m]
+        picks = batch.greedy(cand, need, np.zeros(n), weight, np.sqrt, static)
+        for r, value, dist in picks:
+            c = base_components(r)
+            c["score"] = value if np.isfinite(value) else static[r]
+            if np.isfinite(dist):
+                c["distance"] = dist
+            why = (f"among the {m} most uncertain, " + (
+                "the most uncertain starts the k-center greedy" if not np.isfinite(dist) else
+                f"farthest from every labeled and picked image (distance {dist:.3f})"))
+            batch.add(r, c["score"], c, f"{why}; {static_label} {static[r]:.3f}{describe(r)}")
+
+    short = k - len(batch.rows)
+    if short > 0:
+        batch.walk(batch.ranked(static), short, static, static_comps,
+                   static_reason("fill-up after near-duplicate suppression"))
+
+    return Selection(
+        rows=np.asarray(batch.rows, dtype=np.int64),
+        scores=np.asarray(batch.scores, dtype=np.float64),
+        components=batch.components,
+        reasons=batch.reasons,
+        skipped_duplicates=batch.skipped,
+    )
+
+
+def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: StrategyConfig,
+                    base_components, describe) -> None:
+    """Ranked batch-mode hybrid: ``w * (alpha * u' + beta * min(D / D0, 1))`` with D updated after every pick."""
+    n = u_scaled.shape[0]
+    rows = np.flatnonzero(~batch.excluded)
+    if rows.size == 0:
+        return
+    cen = batch.centres()
+    x = batch.x
+    first_key = None
+    if cen.shape[0]:
+        d2, _ = _nearest(x[rows], np.einsum("ij,ij->i", x[rows], x[rows]), cen, np.einsum("ij,ij->i", cen, cen))
+        d0 = float(np.sqrt(d2.max()))
+    else:
+        # Nothing to be far from yet: every image is maximally novel (d = 1) and the first pick is the top of
+        # w * (alpha * u' + beta); D0 is then the largest distance from it.
+        first_key = weight * (config.alpha * u_scaled + config.beta)
+        key = first_key[rows]
+        tied = rows[key == key.max()]
+        first = int(tied[np.argmin(batch.image_ids[tied])])
+        d0 = float(np.sqrt(np.max(np.maximum(
+            np.einsum("ij,ij->i", x[rows], x[rows]) + x[first] @ x[first] - 2.0 * (x[rows] @ x[first]), 0.0))))
+    d0 = d0 if d0 > 0 else 1.0
+
+    def transform(d2: np.ndarray) -> np.ndarray:
+        return np.minimum(np.sqrt(d2) / d0, 1.0)
+
+    base = config.alpha * weight * u_scaled
+    gain = config.beta * weight
+    picks = batch.greedy(np.arange(n), need, base, gain, transform, first_key)
+    for r, value, dist in picks:
+        d = 1.0 if not np.isfinite(dist) else min(dist / d0, 1.0)
+        c = base_components(r)
+        c.update(uncertainty_scaled=u_scaled[r], diversity=d, score=value)
+        if np.isfinite(dist):
+            c["distance"] = dist
+        batch.add(r, value, c, (
+            f"hybrid: {config.alpha:g}*uncertainty {u_scaled[r]:.3f} + {config.beta:g}*distance to nearest "
+            f"labeled-or-picked image {d:.3f} = {value:.3f}{describe(r)}"))
