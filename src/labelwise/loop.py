@@ -341,11 +341,7 @@ class Workspace:
         assert current is not None and current.model_path and current.model_hash
         started = time.perf_counter()
         n = self._score_images(Path(current.model_path), current.model_hash, progress=progress)
-        strategy = json.loads(current.strategy or "{}")
-        if strategy.get("name") == "consistency":
-            n += self._score_images(Path(current.model_path), current.model_hash, flip=True, progress=progress)
-        if strategy.get("name") == "committee":
-            n += self._score_committee(round_no, strategy, progress=progress)
+        n += self._extra_passes(round_no, json.loads(current.strategy or "{}"), progress=progress)
         self.store.update_round(round_no, step="select", score_seconds=time.perf_counter() - started,
                                 agreement=self._agreement_with_previous(current))
         return n
@@ -401,6 +397,18 @@ class Workspace:
         if pending:
             self.store.put_detections(model_hash, cfg.imgsz, pending, variant)
         return len(todo)
+
+    def _extra_passes(self, round_no: int, strategy: dict[str, Any], progress: bool = True) -> int:
+        """The inference some strategies need beyond the plain pass: the mirrored image for `consistency`, the
+        committee members' passes for `committee`. Cached like the plain pass, so calling it again is free."""
+        current = self.store.current_round()
+        assert current is not None and current.model_path and current.model_hash
+        if strategy.get("name") == "consistency":
+            return self._score_images(Path(current.model_path), current.model_hash, flip=True,
+                                      states=("unlabeled",), progress=progress)
+        if strategy.get("name") == "committee":
+            return self._score_committee(round_no, strategy, progress=progress)
+        return 0
 
     def _score_committee(self, round_no: int, strategy: dict[str, Any], progress: bool) -> int:
         """Query by committee: N members trained on bootstrap resamples of the labeled set, each warm-started from
@@ -500,6 +508,7 @@ class Workspace:
             pool = dataclasses.replace(pool, embeddings=pool.embeddings - centre)
             labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
             extra: dict[str, Any] = {}
+            self._extra_passes(round_no, spec)  # a strategy chosen after scoring may still need its passes
             if strategy_config.name == "consistency":
                 extra["flipped"] = self._aligned(pool, current.model_hash, "flip")
             if strategy_config.name == "committee":
@@ -680,6 +689,7 @@ class Workspace:
                     return reason
             if step == "annotate" and oracle is not None:
                 self.export()
+                crash_point("after_push")
                 report = self.import_labels(oracle)
                 if not report.complete:
                     missing = report.pending
