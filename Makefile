@@ -25,7 +25,13 @@ LS_STAMP := .venv-label-studio/initialised-data/.initialised
 $(LS_STAMP): scripts/label-studio.sh
 	bash scripts/label-studio.sh init
 
-test: $(STAMP) $(LS_STAMP)
+# The report test opens the HTML page in a real headless browser (Debian's chromium).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(LS_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

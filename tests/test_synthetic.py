@@ -187,8 +187,9 @@ def test_burst_members_are_near_duplicates_and_other_scenes_are_not(default_ds):
                 assert ba[2:] == bb[2:]  # objects keep their size
         assert not any(np.array_equal(first, _pixels(default_ds, o)) for o in files[1:])  # never byte-identical
     between = [np.abs(heads[i] - heads[j]).mean() for i in range(len(heads)) for j in range(i + 1, len(heads))]
-    assert max(within) < 8.0, max(within)
-    assert np.median(between) > 25.0 and min(between) > 2 * max(within)
+    # what is left between frames is mostly sensor noise (sigma 2-4) and a few pixels of motion
+    assert np.median(within) < 6.0 and max(within) < 9.0, (np.median(within), max(within))
+    assert np.median(between) > 25.0 and min(between) > 1.5 * max(within)
 
 
 def test_hard_scenarios_look_different(default_ds):
@@ -320,6 +321,7 @@ def test_invalid_specs_are_refused(kwargs):
 
 
 def test_generation_is_fast(tmp_path):
-    t0 = time.perf_counter()
+    # CPU time of this process, so that other work on a shared machine does not make it flaky
+    t0 = time.process_time()
     generate(tmp_path / "speed", ScenarioSpec(n_train=200, n_val=50))
-    assert time.perf_counter() - t0 < 10  # about 1-3 s on one core; generous for a loaded CI machine
+    assert time.process_time() - t0 < 8  # about 1.5 s for these 250 images at 128 px

@@ -251,11 +251,18 @@ def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
 def demo(directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo.")] = Path("demo-workspace"),
          rounds: Annotated[int, typer.Option(help="Rounds after the random seed round.")] = 3,
          strategy: Annotated[str, typer.Option(help="Query strategy.")] = "least_confidence",
-         epochs: Annotated[int, typer.Option(help="Training epochs per round.")] = 12) -> None:
+         epochs: Annotated[int, typer.Option(help="Training epochs per round.")] = 20) -> None:
     """Run the loop on a built-in synthetic scenario dataset, with its ground truth as the annotators."""
     from labelwise.demo import run_demo
 
     run_demo(directory, rounds=rounds, strategy=strategy, epochs=epochs, console=out)
+
+
+# Registered here rather than defined here: the simulation and the report are larger commands with their own module.
+from labelwise.cli_simulate import report_command, simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
+app.command("report")(report_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

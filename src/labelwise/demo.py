@@ -11,8 +11,8 @@ from labelwise.loop import RoundSummary, Workspace
 from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 
 
-def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence", epochs: int = 12,
-             per_round: int = 40, console: Console | None = None) -> Workspace:
+def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence", epochs: int = 20,
+             per_round: int = 40, initial: int = 80, console: Console | None = None) -> Workspace:
     console = console or Console()
     directory = Path(directory).absolute()
     dataset = directory / "dataset"
@@ -31,7 +31,7 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence
     else:
         ws = Workspace.create(
             ws_dir, images=[dataset / "train" / "images"], data_yaml=data_yaml, model="yolo11n.yaml", imgsz=128,
-            train={"epochs": epochs, "batch": 16}, budget={"per_round": per_round, "initial": per_round},
+            train={"epochs": epochs, "batch": 16}, budget={"per_round": per_round, "initial": initial},
             strategy={"name": strategy}, stopping={"rule": "none"},
         )
         ws.ingest_sources()

@@ -380,7 +380,7 @@ class Workspace:
             return 0
         stream = self.detector.score(weights, ((img.sha256, img.path) for img in todo), imgsz=cfg.imgsz,
                                      conf=cfg.score.conf, iou=cfg.score.iou, batch=cfg.score.batch,
-                                     device=cfg.device, flip=flip)
+                                     device=cfg.device, flip=flip, max_det=cfg.score.max_det)
         if progress:
             stream = track(stream, len(todo), "Scoring" + (f" ({variant})" if variant else ""))
         pending: list[tuple[str, Any]] = []
@@ -405,7 +405,7 @@ class Workspace:
         assert current is not None and current.model_path and current.model_hash
         if strategy.get("name") == "consistency":
             return self._score_images(Path(current.model_path), current.model_hash, flip=True,
-                                      states=("unlabeled",), progress=progress)
+                                      states=("unlabeled", "selected"), progress=progress)
         if strategy.get("name") == "committee":
             return self._score_committee(round_no, strategy, progress=progress)
         return 0
@@ -419,12 +419,17 @@ class Workspace:
         epochs = int(strategy.get("committee_epochs", max(1, self.config.train.epochs // 3)))
         rng = np.random.default_rng(self.config.seed + round_no)
         labeled = self.store.labels("pool")
+        if not labeled:
+            raise LoopError("query by committee needs labeled images to resample; label a seed batch first")
+        # Every member's resample is drawn up front, so member j trains on the same sample whether or not the
+        # members before it were already trained (a resumed run must not give member 1 member 0's sample).
+        samples = [rng.integers(0, len(labeled), size=len(labeled)) for _ in range(members)]
         n = 0
         for j in range(members):
             variant = f"member{j}"
             weights_path = self.store.kv_get("committee", f"r{round_no}/{variant}")
             if not weights_path or not Path(weights_path).exists():
-                picks = rng.integers(0, len(labeled), size=len(labeled))
+                picks = samples[j]
                 data_yaml = self._write_bootstrap(round_no, j, [labeled[i] for i in picks])
                 result = self.detector.train(TrainRequest(
                     data_yaml=data_yaml, start=current.model_path,
@@ -435,19 +440,22 @@ class Workspace:
                 weights_path = str(result.weights)
                 self.store.kv_set("committee", f"r{round_no}/{variant}", weights_path)
             n += self._score_images(Path(weights_path), current.model_hash, variant=variant,
-                                    states=("unlabeled",), progress=progress)
+                                    states=("unlabeled", "selected"), progress=progress)
         return n
 
     def _write_bootstrap(self, round_no: int, member: int, rows: list) -> Path:
+        import shutil
+
         root = self._round_dir(round_no) / f"committee{member}-data"
+        if root.exists():  # left by a killed run: start clean, no stale links, labels or Ultralytics label cache
+            shutil.rmtree(root)
         img_dir, lbl_dir = root / "images" / "train", root / "labels" / "train"
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for k, (image, boxes) in enumerate(rows):  # a bootstrap repeats images: each copy needs its own name
             name = f"{k:05d}_{image.sha256[:12]}"
             link = img_dir / f"{name}{image.path.suffix.lower()}"
-            if not link.is_symlink():
-                os.symlink(image.path, link)
+            os.symlink(image.path, link)
             atomic_write_text(lbl_dir / f"{name}.txt", format_yolo_label(boxes))
         val = self._round_dir(round_no) / "data"
         names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.config.classes))
@@ -468,17 +476,20 @@ class Workspace:
             if any(r["outcome"] != "pending" for r in self.store.selection(round_no)):
                 raise LoopError(f"round {round_no}'s batch already has imported labels; it cannot be re-selected. "
                                 "Finish it with `labelwise import` / `labelwise annotate pull`.")
-            with self.store.transaction() as c:  # re-selecting: the old picks go back to the pool first
-                c.execute("UPDATE images SET state='unlabeled' WHERE id IN "
-                          "(SELECT image_id FROM selections WHERE round=?) AND state='selected'", (round_no,))
         current = self.store.current_round()
         assert current is not None
-        spec = json.loads(current.strategy or "{}") if strategy is None else (
+        # Without an explicit strategy, labelwise.yaml as it is NOW decides (strategy / schedule): the round's
+        # record was written when the round opened, before the user may have edited the file for this selection.
+        spec = self.config.strategy_for_round(round_no) if strategy is None else (
             {"name": strategy} if isinstance(strategy, str) else dict(strategy))
-        if strategy is not None:
-            self.store.update_round(round_no, strategy=json.dumps(spec))
+        spec = self._checked_strategy(spec)
         budget = self.config.budget
         unlabeled = self.store.image_ids("pool", "unlabeled")
+        if step == "annotate":
+            # Re-selecting: the old picks are candidates again. The store changes only when the new batch is saved
+            # (one transaction below), so a failed re-selection leaves the old batch exactly as it was.
+            old = self.store.image_ids("pool", "selected")
+            unlabeled = np.unique(np.concatenate([unlabeled, old])).astype(np.int64)
         if k is None:
             k = budget.initial or budget.per_round if not current.model_hash else budget.per_round
             if budget.total is not None:
@@ -495,10 +506,14 @@ class Workspace:
         else:
             cfg = self.config
             pool = self.store.scored_pool(unlabeled, current.model_hash, cfg.imgsz, n_classes=len(cfg.classes))
-            labeled_ids = self.store.image_ids("pool", "labeled")
+            # The labeled embeddings come with their image ids, in the same order (scored_pool sorts by id), so a
+            # "duplicate of labeled #J" names the right image; a labeled image without an embedding is left out.
+            labeled_pool = self.store.scored_pool(self.store.image_ids("pool", "labeled"), current.model_hash,
+                                                  cfg.imgsz, n_classes=len(cfg.classes))
+            labeled_ids = labeled_pool.image_ids
             labeled_ctx = LabeledContext(
-                embeddings=self.store.embeddings(labeled_ids, current.model_hash, cfg.imgsz)
-                if len(labeled_ids) else np.zeros((0, pool.embeddings.shape[1]), np.float32),
+                embeddings=labeled_pool.embeddings if len(labeled_ids)
+                else np.zeros((0, pool.embeddings.shape[1]), np.float32),
                 class_counts=self.store.class_box_counts(len(cfg.classes)),
             )
             # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
@@ -524,15 +539,54 @@ class Workspace:
                             f"({len(skipped)} skipped as near-duplicates); lower or switch off "
                             "strategy.dedup_threshold in labelwise.yaml")
         crash_point("before_save_selection")
-        self.store.save_selection(round_no, picks, skipped, next_step="annotate")
+        with self.store.transaction() as c:  # the old batch back to the pool, the new one in, the record: atomic
+            if step == "annotate":
+                c.execute("UPDATE images SET state='unlabeled' WHERE id IN "
+                          "(SELECT image_id FROM selections WHERE round=?) AND state='selected'", (round_no,))
+            if json.dumps(spec) != (current.strategy or ""):
+                self.store.update_round(round_no, strategy=json.dumps(spec))
+            self.store.save_selection(round_no, picks, skipped, next_step="annotate")
         return self.store.selection(round_no)
+
+    def _checked_strategy(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A strategy mapping (from labelwise.yaml, the schedule or --strategy) checked before use: an unknown key is
+        an error, not silently dropped (a typo like `dedup_treshold` must not fall back to the default), and
+        class_quotas may name classes by name as well as by id."""
+        from labelwise.selection import StrategyConfig
+
+        allowed = {f.name for f in dataclasses.fields(StrategyConfig)} | {"committee_size", "committee_epochs"}
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise ConfigError(f"labelwise.yaml: strategy: unknown key(s) {', '.join(unknown)}; allowed: "
+                              f"{', '.join(sorted(allowed))}")
+        quotas = spec.get("class_quotas")
+        if quotas:
+            if not isinstance(quotas, dict):
+                raise ConfigError("labelwise.yaml: strategy: class_quotas must map a class (name or id) to a minimum")
+            names = {n: i for i, n in enumerate(self.config.classes)}
+            fixed = {}
+            for c, minimum in quotas.items():
+                if c in names:
+                    c = names[c]
+                try:
+                    c = int(c)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"labelwise.yaml: strategy: class_quotas names {c!r}, which is neither a class "
+                                      f"({', '.join(self.config.classes)}) nor a class id") from None
+                if not 0 <= c < len(self.config.classes):
+                    raise ConfigError(f"labelwise.yaml: strategy: class_quotas names class id {c}; ids are 0.."
+                                      f"{len(self.config.classes) - 1}")
+                fixed[str(c)] = int(minimum)
+            spec = {**spec, "class_quotas": fixed}
+        return spec
 
     def _aligned(self, pool: ScoredPool, model_hash: str, variant: str) -> ScoredPool:
         other = self.store.scored_pool(pool.image_ids, model_hash, self.config.imgsz, variant,
                                        n_classes=len(self.config.classes))
         if len(other) != len(pool):
-            raise LoopError(f"the '{variant}' pass is missing for {len(pool) - len(other)} images; "
-                            "run `labelwise score` again")
+            raise LoopError(f"the '{variant}' pass is missing for {len(pool) - len(other)} of {len(pool)} images "
+                            "(inference failed on them; see `labelwise status` for quarantined files); run "
+                            "`labelwise select` again to retry the pass")
         return other
 
     # -- annotation ----------------------------------------------------------------------------------------------
@@ -576,10 +630,22 @@ class Workspace:
         backend = FolderBackend(self.root / "annotation")
         backend.push(batch)
         duplicates = self.store.duplicate_skips(batch.round)
+        manifest = backend.folder(batch) / "duplicates_skipped.csv"
         if duplicates:
-            manifest = backend.folder(batch) / "duplicates_skipped.csv"
-            atomic_write_text(manifest, "image_path,duplicate_of,cosine_similarity\n" + "".join(
-                f"{self.store.image(i).path},{of},{sim:.4f}\n" for i, of, sim in duplicates))
+            import csv
+            import io
+            import re
+
+            buf = io.StringIO()  # the csv module: paths may hold commas or quotes
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["image_path", "duplicate_of_path", "duplicate_of", "cosine_similarity"])
+            for image_id, of, sim in duplicates:
+                found = re.fullmatch(r"image (\d+) \((.+)\)", of)  # as _describe_duplicate writes it
+                of_path = str(self.store.image(int(found.group(1))).path) if found else ""
+                writer.writerow([str(self.store.image(image_id).path), of_path, of, f"{sim:.4f}"])
+            atomic_write_text(manifest, buf.getvalue())
+        elif manifest.exists():  # from an earlier selection of this round that did skip duplicates
+            manifest.unlink()
         return backend.folder(batch)
 
     def import_labels(self, folder: Path) -> "ImportReport":

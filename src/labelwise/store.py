@@ -88,8 +88,10 @@ CREATE TABLE IF NOT EXISTS detections(
     max_candidate REAL NOT NULL,
     boxes BLOB NOT NULL,
     class_scores BLOB NOT NULL,
-    box_features BLOB NOT NULL,
     embedding BLOB NOT NULL,
+    -- last on purpose: it is the large blob, and SQLite must walk a blob's overflow pages to reach any column
+    -- stored after it. Selection reads every other column of 80,000 rows and never this one.
+    box_features BLOB NOT NULL,
     PRIMARY KEY (model_hash, imgsz, variant, sha256)
 );
 CREATE TABLE IF NOT EXISTS selections(
@@ -347,13 +349,13 @@ class Store:
         with self.transaction() as c:
             c.executemany(
                 "INSERT OR REPLACE INTO detections(sha256, model_hash, imgsz, variant, width, height, n_boxes,"
-                " n_classes, max_candidate, boxes, class_scores, box_features, embedding)"
+                " n_classes, max_candidate, boxes, class_scores, embedding, box_features)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (sha, model_hash, imgsz, variant, d.width, d.height, d.n_boxes, d.class_scores.shape[1],
                      float(d.max_candidate_score), d.boxes.astype(np.float32).tobytes(),
-                     d.class_scores.astype(np.float32).tobytes(), d.box_features.astype(np.float16).tobytes(),
-                     d.embedding.astype(np.float16).tobytes())
+                     d.class_scores.astype(np.float32).tobytes(), d.embedding.astype(np.float16).tobytes(),
+                     d.box_features.astype(np.float16).tobytes())
                     for sha, d in items
                 ],
             )
@@ -373,55 +375,37 @@ class Store:
 
     def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "",
                     n_classes: int | None = None) -> ScoredPool:
-        """The cached detections of `image_ids` packed for the core (ids without detections are left out)."""
-        wanted = set(int(i) for i in image_ids)
-        ids, emb, counts, scores, boxes, maxc = [], [], [], [], [], []
-        rows = self.conn.execute(
+        """The cached detections of `image_ids` packed for the core, in the order of `image_ids` (ids without
+        detections are left out). One SQL pass and one `np.frombuffer` per column: 80,000 images in well under a
+        second."""
+        order = {int(image_id): k for k, image_id in enumerate(image_ids)}
+        rows = [r for r in self.conn.execute(
             "SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
-            " d.embedding FROM detections d JOIN images i ON i.sha256 = d.sha256"
-            " WHERE d.model_hash=? AND d.imgsz=? AND d.variant=? ORDER BY i.id",
-            (model_hash, imgsz, variant),
-        )
-        for image_id, w, h, n, nc, mc, b, s, e in rows:
-            if image_id not in wanted:
-                continue
-            if n_classes is None:
-                n_classes = nc
-            elif nc != n_classes:
-                raise ValueError(f"cached detections have {nc} classes, expected {n_classes}: stale model cache")
-            ids.append(image_id)
-            emb.append(np.frombuffer(e, dtype=np.float16))
-            counts.append(n)
-            maxc.append(mc)
-            if n:
-                scores.append(np.frombuffer(s, dtype=np.float32).reshape(n, nc))
-                boxes.append(np.frombuffer(b, dtype=np.float32).reshape(n, 4) / np.array([w, h, w, h], np.float32))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+            " d.embedding FROM images i JOIN detections d ON d.sha256 = i.sha256 AND d.model_hash=? AND d.imgsz=?"
+            " AND d.variant=?", (model_hash, imgsz, variant)) if r[0] in order]
+        rows.sort(key=lambda r: order[r[0]])
+        ncs = {r[4] for r in rows}
+        if n_classes is None and ncs:
+            n_classes = ncs.pop() if len(ncs) == 1 else -1
+        if any(nc != n_classes for nc in {r[4] for r in rows}):
+            raise ValueError(f"cached detections have {sorted({r[4] for r in rows})} classes, expected {n_classes}")
         nc = n_classes or 0
+        counts = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        sizes = np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
+        boxes = np.frombuffer(b"".join(r[6] for r in rows), dtype=np.float32).reshape(-1, 4)
+        scale = np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
+        embeddings = np.frombuffer(b"".join(r[8] for r in rows), dtype=np.float16)
         return ScoredPool(
-            image_ids=np.asarray(ids, dtype=np.int64),
-            embeddings=np.stack(emb).astype(np.float32) if emb else np.zeros((0, 0), np.float32),
+            image_ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+            embeddings=embeddings.reshape(len(rows), -1).astype(np.float32) if rows else np.zeros((0, 0), np.float32),
             box_offsets=offsets,
-            class_scores=np.concatenate(scores) if scores else np.zeros((0, nc), np.float32),
-            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-            max_candidate_score=np.asarray(maxc, dtype=np.float32),
+            class_scores=np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(-1, nc)
+            if nc else np.zeros((0, 0), np.float32),
+            boxes=boxes / scale if len(boxes) else np.zeros((0, 4), np.float32),
+            max_candidate_score=np.fromiter((r[5] for r in rows), dtype=np.float32, count=len(rows)),
         )
-
-    def embeddings(self, image_ids: Iterable[int], model_hash: str, imgsz: int) -> np.ndarray:
-        ids = [int(i) for i in image_ids]
-        if not ids:
-            return np.zeros((0, 0), np.float32)
-        out = []
-        for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start:chunk_start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT d.embedding FROM detections d JOIN images i ON i.sha256 = d.sha256 WHERE i.id IN ({marks})"
-                " AND d.model_hash=? AND d.imgsz=? AND d.variant=''", (*chunk, model_hash, imgsz),
-            )
-            out.extend(np.frombuffer(r[0], dtype=np.float16) for r in rows)
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
     # -- selections ----------------------------------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ class Detector(Protocol):
     def train(self, request: TrainRequest) -> TrainResult: ...
 
     def score(self, weights: Path, images: Iterable[tuple[str, Path]], *, imgsz: int, conf: float, iou: float,
-              batch: int, device: str, flip: bool = False) -> Iterator[tuple[str, ImageDetections | ScoreFailure]]:
+              batch: int, device: str, flip: bool = False,
+              max_det: int = 100) -> Iterator[tuple[str, ImageDetections | ScoreFailure]]:
         """Yield (key, detections) for every (key, path), streaming in batches so memory does not grow with the
         pool. With flip=True the image is mirrored left-right and the boxes are mapped back to the original."""
         ...
