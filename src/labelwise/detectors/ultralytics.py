@@ -66,6 +66,7 @@ class UltralyticsDetector:
 
     def __init__(self, config_dir: Path):
         self.config_dir = Path(config_dir)
+        self._scoring_nets: dict[tuple[str, float, str], Any] = {}  # fused eval copies, reused across passes of a round
 
     def load(self, model: str):
         """A YOLO model from a local checkpoint, a model YAML, or a name Ultralytics can download when online."""
@@ -130,10 +131,13 @@ class UltralyticsDetector:
         from ultralytics.utils.nms import non_max_suppression
         from ultralytics.utils.ops import scale_boxes
 
-        yolo = self.load(str(weights))
-        net = yolo.model.fuse() if hasattr(yolo.model, "fuse") else yolo.model
-        net = net.to(_torch_device(device)).eval()
-        net = net.to(memory_format=torch.channels_last)
+        key = (str(Path(weights).absolute()), os.path.getmtime(weights), device)
+        if key not in self._scoring_nets:
+            yolo = self.load(str(weights))
+            net = yolo.model.fuse() if hasattr(yolo.model, "fuse") else yolo.model
+            net = net.to(_torch_device(device)).eval()
+            self._scoring_nets = {key: net.to(memory_format=torch.channels_last)}  # keep one: weights are large
+        net = self._scoring_nets[key]
         head = net.model[-1]
         nc = int(head.nc)
         letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=int(max(net.stride)))
