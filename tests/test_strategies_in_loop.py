@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from labelwise.balance import predicted_classes
+from labelwise.committee import committee_disagreement
 from labelwise.config import ConfigError, save_config
+from labelwise.consistency import consistency_scores
 from labelwise.loop import Workspace
 from labelwise.selection import STRATEGIES
 from labelwise.synthetic import RARE_CLASSES, ScenarioSpec, generate
@@ -110,6 +112,13 @@ def unit_embeddings(ws: Workspace) -> dict[int, np.ndarray]:
     return {int(i): v for i, v in zip(pool.image_ids, e)}
 
 
+def passes(ws: Workspace, variant: str):
+    """The round's pass `variant` over the images that were unlabeled when round 3 was selected."""
+    current = ws.store.current_round()
+    ids = np.concatenate([ws.store.image_ids("pool", "unlabeled"), ws.store.image_ids("pool", "selected")])
+    return ws.store.scored_pool(np.sort(ids), current.model_hash, 64, variant, n_classes=len(ws.config.classes))
+
+
 def read_manifest(folder: Path) -> tuple[dict, list[dict]]:
     doc = json.loads((folder / "manifest.json").read_text())
     with open(folder / "manifest.csv", newline="") as fh:
@@ -167,10 +176,21 @@ def test_every_strategy_selects_explains_and_exports_in_the_loop(ws_copy, name):
         samples = [sorted(p.name for p in (ws.root / "rounds" / "r003" / f"committee{j}-data" / "images" / "train")
                           .iterdir()) for j in range(2)]
         assert all(len(s) == 16 for s in samples) and samples[0] != samples[1]
-        assert any(r["components"]["disagreement"] > 0 for r in stored)
+        # the stored component is the disagreement of exactly those member passes (a young committee may well
+        # agree everywhere, e.g. that an image is empty, so its value is not asserted to be positive)
+        members = [passes(ws, f"member{j}") for j in range(2)]
+        expected = committee_disagreement(members, "max", 3)
+        row = {int(i): n for n, i in enumerate(members[0].image_ids)}
+        for r in stored:
+            assert r["components"]["disagreement"] == pytest.approx(expected[row[r["image_id"]]], abs=1e-9)
     elif name == "consistency":
         assert shas <= ws.store.scored_shas(model_hash, 64, "flip")
         assert not ws.store.scored_shas(model_hash, 64, "member0")
+        plain, flipped = passes(ws, ""), passes(ws, "flip")
+        expected = consistency_scores(plain, flipped, "max", 3)
+        row = {int(i): n for n, i in enumerate(plain.image_ids)}
+        for r in stored:
+            assert r["components"]["inconsistency"] == pytest.approx(expected[row[r["image_id"]]], abs=1e-9)
     else:
         assert not ws.store.scored_shas(model_hash, 64, "flip")
         assert not ws.store.scored_shas(model_hash, 64, "member0")

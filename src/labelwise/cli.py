@@ -19,6 +19,7 @@ from labelwise.annotation.base import AnnotationError
 from labelwise.config import ConfigError
 from labelwise.detectors.base import DetectorError
 from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace
+from labelwise.simulate import SimulationError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Active learning for object detection: label the images your detector learns most from.")
@@ -37,7 +38,8 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (ConfigError, LoopError, DetectorError, AnnotationError, FileNotFoundError, ValueError) as exc:
+        except (ConfigError, LoopError, DetectorError, AnnotationError, SimulationError, FileNotFoundError,
+                ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -258,11 +260,51 @@ def demo(directory: Annotated[Path, typer.Option("--dir", help="Where to put the
     run_demo(directory, rounds=rounds, strategy=strategy, epochs=epochs, console=out)
 
 
-# Registered here rather than defined here: the simulation and the report are larger commands with their own module.
-from labelwise.cli_simulate import report_command, simulate_command  # noqa: E402
+@app.command()
+@friendly
+def simulate(
+    data: Annotated[Path, typer.Option("--data", help="The labeled dataset's data.yaml (train = pool, val = eval).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder; a rerun resumes what is there.")] = Path(
+        "simulation"),
+    strategies: Annotated[str, typer.Option(help="Strategies to compare, comma separated.")] = "random,entropy",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1); each gives every strategy the same "
+                                            "initial set.")] = 3,
+    initial: Annotated[int, typer.Option(help="Size of the random initial labeled set.")] = 50,
+    per_round: Annotated[int, typer.Option(help="Images labeled per round after the initial set.")] = 50,
+    rounds: Annotated[Optional[int], typer.Option(help="Labeled batches, the initial one included.")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Final labeled images (instead of --rounds).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs per round.")] = 10,
+    imgsz: Annotated[int, typer.Option(help="Image size for training and scoring.")] = 320,
+    model: Annotated[str, typer.Option(help="Checkpoint or model YAML to start every run from.")] = "yolo11n.yaml",
+    batch: Annotated[int, typer.Option(help="Training batch size.")] = 16,
+    train_arg: Annotated[Optional[list[str]], typer.Option(
+        "--train-arg", help="Extra Ultralytics train argument KEY=VALUE (repeatable), e.g. freeze=10.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Replay a labeled dataset with its ground truth as the annotators and compare strategies against random."""
+    from labelwise.simulate import parse_train_args
+    from labelwise.simulate import simulate as run_simulation
 
-app.command("simulate")(simulate_command)
-app.command("report")(report_command)
+    result = run_simulation(data, out_dir, [s for s in strategies.split(",")], seeds, initial=initial,
+                      per_round=per_round, rounds=rounds, budget=budget, epochs=epochs, imgsz=imgsz, model=model,
+                      batch=batch, train_args=parse_train_args(train_arg or []), progress=not quiet)
+    out.print(result.files["summary"].read_text(), highlight=False, markup=False)
+    out.print(f"outputs in {result.out_dir}: " + ", ".join(p.name for p in result.files.values()), highlight=False)
+
+
+@app.command()
+@friendly
+def report(
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The workspace folder.")] = Path("."),
+    output: Annotated[Optional[Path], typer.Option(
+        "--out", help="HTML file to write (default: WORKSPACE/report/report.html).")] = None,
+) -> None:
+    """Write an HTML report of a workspace: learning curve, per-class AP, each round's picks, stopping advice."""
+    from labelwise.report import build_report
+
+    ws = Workspace(workspace)
+    path = build_report(ws, output or ws.root / "report" / "report.html")
+    out.print(f"report written: {path}\nopen it in a browser: file://{path.absolute()}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point
