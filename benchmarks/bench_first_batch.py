@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--k", type=int, default=40, help="seed batch size and first-batch size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="yolo11n.yaml", help="start checkpoint or model YAML (e.g. a pretrained .pt)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the dataset and workspace here")
     args = ap.parse_args()
     if args.quick:
@@ -55,7 +56,7 @@ def main() -> None:
     ws_root = work / "ws"
     shutil.rmtree(ws_root, ignore_errors=True)
     ws = Workspace.create(ws_root, images=[scenes / "train" / "images"], data_yaml=scenes / "data.yaml",
-                          model="yolo11n.yaml", imgsz=args.imgsz, seed=args.seed,
+                          model=args.model, imgsz=args.imgsz, seed=args.seed,
                           train={"epochs": args.epochs, "batch": 16},
                           budget={"per_round": args.k, "initial": args.k}, stopping={"rule": "none"})
     ws.ingest_sources(progress=False)
@@ -116,7 +117,7 @@ def main() -> None:
 
     cores = "2-core CPU"
     print(f"\npool: {n_pool} unlabeled images ({n_hard} hard, {n_rare} rare), {ws.store.counts()['pool_labeled']} "
-          f"labeled (seed), k = {k}; model: yolo11n.yaml from scratch, {args.epochs} epochs at imgsz {args.imgsz}; "
+          f"labeled (seed), k = {k}; model: {args.model}, {args.epochs} epochs at imgsz {args.imgsz}; "
           f"round-2 mAP50 {current.map50:.3f}")
     print(f"random expectation (all seeds): hard {exp_hard:.2f} +- {sd_hard:.2f}, rare {exp_rare:.2f} +- {sd_rare:.2f}"
           f" (hypergeometric sd)\n")

@@ -182,3 +182,23 @@ def test_config_from_dict_validates():
         StrategyConfig(aggregation="median")
     with pytest.raises(ValueError):
         select(random_pool(0), -1, StrategyConfig())
+
+
+def test_tied_scores_are_not_broken_by_file_order():
+    # A young model scores every image the same: the batch must not be the first k files (consecutive frames).
+    n, k = 200, 20
+    rng = np.random.default_rng(0)
+    pool = ScoredPool(
+        image_ids=np.arange(1, n + 1, dtype=np.int64),
+        embeddings=rng.normal(size=(n, 8)).astype(np.float32),
+        box_offsets=np.zeros(n + 1, dtype=np.int64),
+        class_scores=np.zeros((0, 3), np.float32),
+        boxes=np.zeros((0, 4), np.float32),
+        max_candidate_score=np.full(n, 0.002, np.float32),
+    )
+    picks = select(pool, k, StrategyConfig(name="least_confidence", dedup_threshold=None, seed=1))
+    ids = sorted(pool.image_ids[picks.rows].tolist())
+    assert ids != list(range(1, k + 1))
+    assert max(ids) > 2 * k  # spread over the pool, not bunched at its start
+    other_seed = select(pool, k, StrategyConfig(name="least_confidence", dedup_threshold=None, seed=2))
+    assert set(other_seed.rows.tolist()) != set(picks.rows.tolist())

@@ -12,7 +12,8 @@ Order of work in `select`:
 Near-duplicate suppression applies in every step: an image whose cosine similarity to a labeled image or to one
 already in the batch is >= `dedup_threshold` is skipped and recorded in `Selection.skipped_duplicates`.
 
-Ties are broken by the smaller image id, so the picked set does not depend on the order of the pool's rows.
+Ties are broken by `tie_order` (a seeded hash of the image id), so the picked set does not depend on the order of the
+pool's rows, and a young model whose scores all tie does not simply take the first files (consecutive video frames).
 """
 
 from __future__ import annotations
@@ -139,11 +140,25 @@ def _minmax(v: np.ndarray) -> np.ndarray:
     return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v, dtype=np.float64)
 
 
+def tie_order(image_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A tie-break key per image: the SplitMix64 mix of (image id, seed), as uint64.
+
+    Depends on the image and the seed only, so selection stays invariant to the pool's row order, yet tied images
+    are taken in a scrambled order rather than by file order. That matters with a young model, whose scores all
+    tie: file order would take consecutive video frames, the near-duplicates active learning is meant to avoid.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(image_ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 class _Batch:
     """The batch under construction and the near-duplicate bookkeeping shared by every step of `select`."""
 
-    def __init__(self, x: np.ndarray, lab: np.ndarray, image_ids: np.ndarray, threshold: float | None):
-        self.x, self.lab, self.image_ids, self.threshold = x, lab, image_ids, threshold
+    def __init__(self, x: np.ndarray, lab: np.ndarray, tie_key: np.ndarray, threshold: float | None):
+        self.x, self.lab, self.tie_key, self.threshold = x, lab, tie_key, threshold
         self.rows: list[int] = []
         self.scores: list[float] = []
         self.components: list[dict[str, float]] = []
@@ -173,9 +188,9 @@ class _Batch:
         return f"labeled #{j}" if j < m else f"pool row {batch_rows[j - m]}"
 
     def ranked(self, key: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Rows (default: all not excluded) by key descending, ties to the smaller image id."""
+        """Rows (default: all not excluded) by key descending, ties to the smaller tie key."""
         rows = np.flatnonzero(~self.excluded) if rows is None else rows[~self.excluded[rows]]
-        return rows[np.lexsort((self.image_ids[rows], -key[rows]))]
+        return rows[np.lexsort((self.tie_key[rows], -key[rows]))]
 
     def walk(self, order: np.ndarray, need: int, score: np.ndarray, comps, reason) -> int:
         """Takes rows from `order` until `need` are picked, skipping near duplicates of labeled or batch images.
@@ -241,10 +256,10 @@ class _Batch:
             else:
                 key = first_key[rows]
                 tied = np.flatnonzero(key == key.max())
-                first = int(tied[np.argmin(self.image_ids[rows][tied])])
+                first = int(tied[np.argmin(self.tie_key[rows][tied])])
         dup = None if self.threshold is None else cosine_to_distance(self.threshold)
         res = farthest_first(xs, need, labeled=cen if cen.shape[0] else None, base=base[rows], gain=gain[rows],
-                             transform=transform, first=first, dup_distance=dup, tie_key=self.image_ids[rows])
+                             transform=transform, first=first, dup_distance=dup, tie_key=self.tie_key[rows])
         for local, centre, dist in res.skipped:
             if centre >= 0:
                 of = f"pool row {int(rows[centre])}"
@@ -294,7 +309,7 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
     lab_raw = np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1])
     lab = l2_normalise(lab_raw)
     ids = np.asarray(pool.image_ids)
-    batch = _Batch(x, lab, ids, config.dedup_threshold)
+    batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold)
     k = min(int(k), n)
     if k == 0:
         return Selection(np.zeros(0, np.int64), np.zeros(0), [], [], [])
@@ -445,7 +460,7 @@ def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: Str
         first_key = weight * (config.alpha * u_scaled + config.beta)
         key = first_key[rows]
         tied = rows[key == key.max()]
-        first = int(tied[np.argmin(batch.image_ids[tied])])
+        first = int(tied[np.argmin(batch.tie_key[tied])])
         d0 = float(np.sqrt(np.max(np.maximum(
             np.einsum("ij,ij->i", x[rows], x[rows]) + x[first] @ x[first] - 2.0 * (x[rows] @ x[first]), 0.0))))
     d0 = d0 if d0 > 0 else 1.0
