@@ -209,8 +209,8 @@ def test_reselecting_returns_the_old_batch_to_the_pool(ws_copy):
 
 def test_schedule_in_labelwise_yaml_is_honoured_by_run(ws_copy, scenes):
     ws = ws_copy()
-    # rounds 1-2 were chosen inside `run` by the schedule's entropy (round 1 is the cold-start random batch)
-    assert [r["strategy"] for r in ws.status().rounds] == ["entropy", "entropy", "hybrid"]
+    # round 2 was chosen inside `run` by the schedule's entropy; round 1 is the cold-start random batch and says so
+    assert [r["strategy"] for r in ws.status().rounds] == ["random", "entropy", "hybrid"]
     assert all("cold start" in r["reason"] for r in ws.store.selection(1))
     assert all(r["reason"].startswith("entropy ranking") or "fill-up" in r["reason"] for r in ws.store.selection(2))
     # round 3 falls under "3-": hybrid, picked by `run` itself
@@ -219,7 +219,7 @@ def test_schedule_in_labelwise_yaml_is_honoured_by_run(ws_copy, scenes):
     assert len(picks) == K and all(r["outcome"] == "labeled" for r in picks)
     assert all(r["reason"].startswith("hybrid: ") or "fill-up" in r["reason"] for r in picks)
     assert all({"uncertainty_scaled", "diversity"} <= set(r["components"]) for r in picks)
-    assert [r["strategy"] for r in ws.status().rounds] == ["entropy", "entropy", "hybrid"]
+    assert [r["strategy"] for r in ws.status().rounds] == ["random", "entropy", "hybrid"]
 
 
 def test_near_duplicates_are_never_both_picked_and_the_skips_are_listed(ws_copy, scenes):

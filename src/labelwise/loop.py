@@ -373,6 +373,14 @@ class Workspace:
                       states: tuple[str, ...] = ("unlabeled", "labeled"), progress: bool = True) -> int:
         variant = variant if variant is not None else ("flip" if flip else "")
         cfg = self.config
+        # The cache is keyed by (image, model, size) only; if the thresholds that decide which boxes are kept have
+        # changed since, the cached detections of this model are stale and go.
+        settings = {"conf": cfg.score.conf, "iou": cfg.score.iou, "max_det": cfg.score.max_det}
+        cached_with = self.store.kv_get("score_settings", model_hash)
+        if cached_with is not None and cached_with != settings:
+            self.store.drop_detections(model_hash)
+        if cached_with != settings:
+            self.store.kv_set("score_settings", model_hash, settings)
         done = self.store.scored_shas(model_hash, cfg.imgsz, variant)
         todo = [img for state in states for img in self.store.images(split="pool", state=state)
                 if img.sha256 not in done]
@@ -498,6 +506,7 @@ class Workspace:
         strategy_config = StrategyConfig.from_dict(
             {key: v for key, v in spec.items() if key in known} | {"seed": self.config.seed + round_no})
         if not current.model_hash:  # cold start: no model yet, so nothing but chance can choose
+            spec = {"name": "random"}  # what the rounds table should say this round used
             rng = np.random.default_rng(self.config.seed + round_no)
             rows = rng.permutation(len(unlabeled))[:k]
             picks = [(int(unlabeled[r]), rank, 0.0, {"random": 1.0}, "cold start: no labels yet, picked at random")

@@ -360,6 +360,10 @@ class Store:
                 ],
             )
 
+    def drop_detections(self, model_hash: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM detections WHERE model_hash=?", (model_hash,))
+
     def scored_shas(self, model_hash: str, imgsz: int, variant: str = "") -> set[str]:
         rows = self.conn.execute(
             "SELECT sha256 FROM detections WHERE model_hash=? AND imgsz=? AND variant=?", (model_hash, imgsz, variant)
