@@ -6,7 +6,6 @@ Pure NumPy. Boxes are (n, 4) arrays of x1 y1 x2 y2 in any common unit.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,6 +34,8 @@ def match_boxes(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> tup
     Returns (rows_a, rows_b, ious) of the matched pairs whose IoU is at least `iou_threshold`; every box appears in
     at most one pair. Unmatched boxes are those not listed.
     """
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs ~1 s to import: only when matching
+
     ious = iou_matrix(a, b)
     if ious.size == 0:
         empty = np.zeros(0, dtype=np.int64)

@@ -528,8 +528,10 @@ class Workspace:
             # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
             # every pair (worst with a young model) and near-duplicate suppression would reject the whole pool.
             # Centring on the mean of pool and labeled embeddings leaves only what tells images apart.
-            centre = np.concatenate([pool.embeddings, labeled_ctx.embeddings]).mean(axis=0) if len(pool) else 0.0
-            pool = dataclasses.replace(pool, embeddings=pool.embeddings - centre)
+            n_all = len(pool) + len(labeled_ctx.embeddings)
+            centre = ((pool.embeddings.sum(axis=0, dtype=np.float64) + labeled_ctx.embeddings.sum(axis=0))
+                      / max(n_all, 1)).astype(np.float32)
+            np.subtract(pool.embeddings, centre, out=pool.embeddings)  # in place: this call owns the copy (140 MB at 80k)
             labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
             extra: dict[str, Any] = {}
             self._extra_passes(round_no, spec)  # a strategy chosen after scoring may still need its passes

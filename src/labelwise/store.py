@@ -383,10 +383,18 @@ class Store:
         detections are left out). One SQL pass and one `np.frombuffer` per column: 80,000 images in well under a
         second."""
         order = {int(image_id): k for k, image_id in enumerate(image_ids)}
-        rows = [r for r in self.conn.execute(
-            "SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
-            " d.embedding FROM images i JOIN detections d ON d.sha256 = i.sha256 AND d.model_hash=? AND d.imgsz=?"
-            " AND d.variant=?", (model_hash, imgsz, variant)) if r[0] in order]
+        sql = ("SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
+               " d.embedding FROM images i CROSS JOIN detections d ON d.sha256 = i.sha256 AND d.model_hash=?"
+               " AND d.imgsz=? AND d.variant=?")  # CROSS JOIN: SQLite keeps `images` outer, probing the primary key
+        if len(order) > 20_000:  # most of the pool: one scan beats many index probes
+            rows = [r for r in self.conn.execute(sql, (model_hash, imgsz, variant)) if r[0] in order]
+        else:
+            ids = list(order)
+            rows = []
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                rows.extend(self.conn.execute(f"{sql} WHERE i.id IN ({','.join('?' * len(chunk))})",
+                                              (model_hash, imgsz, variant, *chunk)))
         rows.sort(key=lambda r: order[r[0]])
         ncs = {r[4] for r in rows}
         if n_classes is None and ncs:
