@@ -63,3 +63,29 @@ def test_errors_are_one_clear_line_with_exit_code_2(tmp_path):
     assert "labelwise init" in result.output
     result = runner.invoke(app, ["train", "-w", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
+
+
+def test_import_from_an_archive_is_unpacked_safely(tmp_path):
+    import zipfile
+
+    _images(tmp_path / "pool", 4)
+    runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"), "--classes", "a",
+                        "--per-round", "2"])
+    ws = ["-w", str(tmp_path / "ws")]
+    runner.invoke(app, ["select", *ws])
+    runner.invoke(app, ["export", *ws])
+    staged = sorted((tmp_path / "ws" / "annotation" / "round-001" / "images").iterdir())
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr(f"{staged[0].stem}.txt", "0 0.5 0.5 0.2 0.2\n")
+        z.writestr("../../escaped.txt", "0 0.5 0.5 0.2 0.2\n")
+    bad = runner.invoke(app, ["import", str(evil), *ws])
+    assert bad.exit_code == 2 and "escaped.txt" in bad.output
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "ws" / "escaped.txt").exists()
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for path in staged:
+            z.writestr(f"labels/{path.stem}.txt", "0 0.5 0.5 0.2 0.2\n")
+    ok = runner.invoke(app, ["import", str(good), *ws])
+    assert ok.exit_code == 0, ok.output
+    assert "imported 2" in ok.output and "round complete" in ok.output

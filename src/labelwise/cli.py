@@ -167,7 +167,7 @@ def export(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command("import")
 @friendly
-def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip) of YOLO txt files for the batch.")],
+def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip / .tar.gz) of YOLO txt files for the batch.")],
             workspace: WorkspaceOpt = Path(".")) -> None:
     """Take labels back for the staged images; partial imports are fine."""
     report = Workspace(workspace).import_labels(labels)

@@ -664,10 +664,10 @@ class Workspace:
         from labelwise.annotation.folder import read_labels
 
         folder = Path(folder)
-        if folder.suffix.lower() == ".zip":
+        if folder.is_file() and folder.name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):
             from labelwise.archive import safe_extract
 
-            target = self.root / "imports" / f"{folder.stem}-{int(time.time())}"
+            target = self.root / "imports" / f"{folder.name.split('.')[0]}-{int(time.time())}"
             safe_extract(folder, target)
             folder = target
         if not folder.is_dir():
