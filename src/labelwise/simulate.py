@@ -261,7 +261,8 @@ def _workspace_settings(settings: SimulationSettings, strategy: str, seed: int, 
     return dict(
         model=settings.model, imgsz=settings.imgsz, seed=seed, train=train,
         budget={"per_round": settings.per_round, "initial": settings.initial, "total": budget_total},
-        strategy={"name": strategy},
+        # random is the baseline: pure chance, without the near-duplicate filter the other strategies apply
+        strategy={"name": strategy, **({"dedup_threshold": None} if strategy == "random" else {})},
         # the simulation decides when to stop (rounds/budget); the rules are replayed afterwards, not obeyed
         stopping={"rule": "none"},
     )
