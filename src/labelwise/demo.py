@@ -12,12 +12,13 @@ from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 
 
 def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence", epochs: int = 20,
-             per_round: int = 40, initial: int = 80, console: Console | None = None) -> Workspace:
+             per_round: int = 40, initial: int = 80, console: Console | None = None,
+             spec: ScenarioSpec = ScenarioSpec(n_train=400, n_val=100, image_size=128, seed=0)) -> Workspace:
     console = console or Console()
     directory = Path(directory).absolute()
     dataset = directory / "dataset"
     console.print(f"[bold]labelwise demo[/bold]: synthetic scenes in {dataset}", highlight=False)
-    data_yaml = generate(dataset, ScenarioSpec(n_train=400, n_val=100, image_size=128, seed=0), progress=True)
+    data_yaml = generate(dataset, spec, progress=True)
     scenarios = read_scenarios(dataset)
     pool = [s for s in scenarios.values() if s["split"] == "train"]
     hard_share = sum(s["hard"] for s in pool) / len(pool)
@@ -30,14 +31,15 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence
         ws = Workspace(ws_dir)
     else:
         ws = Workspace.create(
-            ws_dir, images=[dataset / "train" / "images"], data_yaml=data_yaml, model="yolo11n.yaml", imgsz=128,
+            ws_dir, images=[dataset / "train" / "images"], data_yaml=data_yaml, model="yolo11n.yaml",
+            imgsz=spec.image_size,
             train={"epochs": epochs, "batch": 16}, budget={"per_round": per_round, "initial": initial},
             strategy={"name": strategy}, stopping={"rule": "none"},
         )
         ws.ingest_sources()
 
     table = Table(title=f"labelwise demo: {strategy}, {per_round} images a round")
-    for col in ("round", "labeled", "mAP50", "selected", "hard", "rare", "why"):
+    for col in ("round", "trained on", "mAP50", "selected", "hard", "rare", "picked by"):
         table.add_column(col)
 
     def on_round(summary: RoundSummary) -> None:
@@ -45,12 +47,15 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence
         hard = sum(bool(p.get("hard")) for p in picked)
         rare = sum(bool(p.get("rare")) for p in picked)
         n = max(len(picked), 1)
+        how = "random (cold start)" if summary.map50 is None else strategy
         row = (str(summary.round), str(summary.n_labeled or 0),
                "-" if summary.map50 is None else f"{summary.map50:.3f}", str(len(picked)),
-               f"{hard} ({hard / n:.0%})", f"{rare} ({rare / n:.0%})",
-               summary.selected[0]["reason"][:60] if summary.selected else "")
+               f"{hard} ({hard / n:.0%})", f"{rare} ({rare / n:.0%})", how)
         table.add_row(*row)
-        console.print("round " + " | ".join(row[:-1]), highlight=False)
+        trained = "no model yet" if summary.map50 is None else \
+            f"trained on {summary.n_labeled} labeled, mAP50 {summary.map50:.3f}"
+        console.print(f"round {summary.round}: {trained}; {how} selected {len(picked)}: {hard} hard ({hard / n:.0%}),"
+                      f" {rare} with a rare class ({rare / n:.0%})", highlight=False)
 
     ws.run(oracle=dataset / "train" / "labels", rounds=rounds + 1, on_round=on_round)
     console.print(table)
