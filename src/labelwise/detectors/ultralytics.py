@@ -140,12 +140,17 @@ class UltralyticsDetector:
         net = self._scoring_nets[key]
         head = net.model[-1]
         nc = int(head.nc)
-        letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=int(max(net.stride)))
+        stride = int(max(net.stride))
+        square = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=stride)
+        # Images of one size (most datasets) share a rectangular letterbox padded only to the stride, as
+        # Ultralytics' own predict does one image at a time: a 4:3 photo then costs 25% fewer pixels than a square.
+        rect = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride)
         strides = [float(s) for s in head.stride]
         dev = next(net.parameters()).device
 
         def flush(keys: list[str], originals: list[np.ndarray]) -> list[tuple[str, ImageDetections]]:
             tensors = []
+            letterbox = rect if len({img.shape for img in originals}) == 1 else square
             for img in originals:
                 boxed = letterbox(image=img)
                 tensors.append(np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1)))  # BGR->RGB, HWC->CHW
