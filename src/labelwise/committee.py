@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from labelwise.boxes import iou_matrix, match_boxes
+from labelwise.detections import csr_offsets
 from labelwise.uncertainty import aggregate_csr
 
 
@@ -108,7 +109,6 @@ def committee_disagreement(members: list, aggregation: str = "max", top_n: int =
         d = object_disagreement(boxes, scores, iou_threshold)
         per_object.append(d)
         counts[i] = d.shape[0]
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = csr_offsets(counts)
     flat = np.concatenate(per_object) if per_object else np.zeros(0)
     return aggregate_csr(flat, offsets, aggregation, top_n, empty_scores=0.0)

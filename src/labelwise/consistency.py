@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from labelwise.boxes import match_boxes
+from labelwise.detections import csr_offsets
 from labelwise.uncertainty import aggregate_csr, normalise_rows
 
 
@@ -64,7 +65,6 @@ def consistency_scores(pool, flipped, aggregation: str = "max", top_n: int = 3,
                               flipped.boxes[b0:b1], flipped.class_scores[b0:b1], iou_threshold)
         parts.append(v)
         counts[i] = v.shape[0]
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = csr_offsets(counts)
     flat = np.concatenate(parts) if parts else np.zeros(0)
     return aggregate_csr(flat, offsets, aggregation, top_n, empty_scores=0.0)

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def csr_offsets(counts: np.ndarray) -> np.ndarray:
+    """(n + 1,) offsets of a CSR layout from (n,) per-row counts: offsets[0] = 0, offsets[i + 1] = sum(counts[:i + 1])."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
 @dataclass(frozen=True)
 class ImageDetections:
     """Everything the selection needs from one image, from ONE forward pass.
@@ -104,8 +111,7 @@ class ScoredPool:
         """The pool restricted to `rows` (pool positions), in that order."""
         rows = np.asarray(rows, dtype=np.int64)
         counts = self.boxes_per_image[rows]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        offsets = csr_offsets(counts)
         box_rows = np.concatenate(
             [np.arange(self.box_offsets[r], self.box_offsets[r + 1]) for r in rows]
         ) if len(rows) else np.zeros(0, dtype=np.int64)
@@ -123,8 +129,7 @@ class ScoredPool:
     @classmethod
     def from_detections(cls, image_ids: list[int], detections: list[ImageDetections], n_classes: int) -> "ScoredPool":
         counts = np.array([d.n_boxes for d in detections], dtype=np.int64)
-        offsets = np.zeros(len(detections) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        offsets = csr_offsets(counts)
         dim = detections[0].embedding.shape[0] if detections else 0
         scale = [np.array([d.width, d.height, d.width, d.height], dtype=np.float32) for d in detections]
         boxes = [d.boxes / s for d, s in zip(detections, scale) if d.n_boxes]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.detections import ImageDetections, ScoredPool
+from labelwise.detections import ImageDetections, ScoredPool, csr_offsets
 
 STORE_NAME = "labelwise.db"
 SCHEMA_VERSION = 1
@@ -403,8 +403,7 @@ class Store:
             raise ValueError(f"cached detections have {sorted({r[4] for r in rows})} classes, expected {n_classes}")
         nc = n_classes or 0
         counts = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        offsets = csr_offsets(counts)
         sizes = np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
         boxes = np.frombuffer(b"".join(r[6] for r in rows), dtype=np.float32).reshape(-1, 4)
         scale = np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
