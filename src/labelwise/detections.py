@@ -125,21 +125,3 @@ class ScoredPool:
             max_candidate_score=self.max_candidate_score[rows],
             extras={k: v[rows] for k, v in self.extras.items()},
         )
-
-    @classmethod
-    def from_detections(cls, image_ids: list[int], detections: list[ImageDetections], n_classes: int) -> "ScoredPool":
-        counts = np.array([d.n_boxes for d in detections], dtype=np.int64)
-        offsets = csr_offsets(counts)
-        dim = detections[0].embedding.shape[0] if detections else 0
-        scale = [np.array([d.width, d.height, d.width, d.height], dtype=np.float32) for d in detections]
-        boxes = [d.boxes / s for d, s in zip(detections, scale) if d.n_boxes]
-        scores = [d.class_scores for d in detections if d.n_boxes]
-        return cls(
-            image_ids=np.asarray(image_ids, dtype=np.int64),
-            embeddings=np.stack([d.embedding for d in detections]).astype(np.float32)
-            if detections else np.zeros((0, dim), np.float32),
-            box_offsets=offsets,
-            class_scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, n_classes), np.float32),
-            boxes=np.concatenate(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
-            max_candidate_score=np.array([d.max_candidate_score for d in detections], dtype=np.float32),
-        )

@@ -255,11 +255,6 @@ class Store:
         ).fetchone()[0]
         return out
 
-    def duplicate_paths(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.conn.execute(
-            "SELECT p.path, i.path FROM image_paths p JOIN images i ON i.id = p.image_id WHERE p.path != i.path"
-        )]
-
     def quarantine(self, path: str, reason: str) -> None:
         with self.transaction() as c:
             c.execute(
