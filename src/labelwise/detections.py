@@ -7,7 +7,7 @@ images in one array, `box_offsets[i]:box_offsets[i + 1]` being image i's rows) s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -80,7 +80,6 @@ class ScoredPool:
     class_scores: np.ndarray
     boxes: np.ndarray
     max_candidate_score: np.ndarray
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -123,5 +122,4 @@ class ScoredPool:
             class_scores=self.class_scores[box_rows],
             boxes=self.boxes[box_rows],
             max_candidate_score=self.max_candidate_score[rows],
-            extras={k: v[rows] for k, v in self.extras.items()},
         )
