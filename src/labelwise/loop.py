@@ -297,10 +297,7 @@ class Workspace:
         if not any((root / "images" / "val").iterdir()):
             raise LoopError("no validation images: give `val:` in labelwise.yaml (a folder with YOLO labels) or "
                             "label more images so that a held-out part exists (val_fraction)")
-        names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.config.classes))
-        yaml_path = root / "data.yaml"
-        atomic_write_text(yaml_path, f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-        return yaml_path
+        return self._write_data_yaml(root, "images/val")
 
     def _start_weights(self, round_no: int) -> str:
         for r in reversed(self.store.rounds()):
@@ -466,10 +463,13 @@ class Workspace:
             os.symlink(image.path, link)
             atomic_write_text(lbl_dir / f"{name}.txt", format_yolo_label(boxes))
         val = self._round_dir(round_no) / "data"
+        return self._write_data_yaml(root, val / "images" / "val")
+
+    def _write_data_yaml(self, root: Path, val: str | Path) -> Path:
+        """An Ultralytics dataset YAML for `root` (train = root/images/train) with the workspace's class ids."""
         names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(self.config.classes))
         yaml_path = root / "data.yaml"
-        atomic_write_text(yaml_path, f"path: {root}\ntrain: images/train\nval: {val / 'images' / 'val'}\n"
-                                     f"names:\n{names}\n")
+        atomic_write_text(yaml_path, f"path: {root}\ntrain: images/train\nval: {val}\nnames:\n{names}\n")
         return yaml_path
 
     # -- select --------------------------------------------------------------------------------------------------
