@@ -19,6 +19,7 @@ from labelwise.annotation.base import AnnotationError
 from labelwise.config import ConfigError
 from labelwise.detectors.base import DetectorError
 from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace
+from labelwise.presets import resolve as resolve_strategy
 from labelwise.simulate import SimulationError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -74,13 +75,13 @@ def init(
     model: Annotated[str, typer.Option(help="Checkpoint, model name or model YAML to start from.")] = "yolo11n.yaml",
     imgsz: Annotated[int, typer.Option(help="Image size for training and scoring.")] = 320,
     per_round: Annotated[int, typer.Option(help="Images to select per round.")] = 50,
-    strategy: Annotated[str, typer.Option(help="Query strategy.")] = "least_confidence",
+    strategy: Annotated[str, typer.Option(help="Query strategy or preset (default: labelwise's default).")] = "default",
 ) -> None:
     """Create a workspace: labelwise.yaml and the store, then register the images."""
     names = [c.strip() for c in classes.split(",")] if classes else None
     ws = Workspace.create(directory, images=list(images), classes=names, data_yaml=data, labeled=labeled or [],
                           val=val, model=model, imgsz=imgsz, budget={"per_round": per_round},
-                          strategy={"name": strategy})
+                          strategy=resolve_strategy(strategy))
     _print_add(ws.ingest_sources())
     out.print(f"workspace ready: {ws.root}\nnext: labelwise status -w {ws.root}", highlight=False)
 
@@ -252,7 +253,7 @@ def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
 @friendly
 def demo(directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo.")] = Path("demo-workspace"),
          rounds: Annotated[int, typer.Option(help="Rounds after the random seed round.")] = 3,
-         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "least_confidence",
+         strategy: Annotated[str, typer.Option(help="Query strategy or preset.")] = "default",
          epochs: Annotated[int, typer.Option(help="Training epochs per round.")] = 20) -> None:
     """Run the loop on a built-in synthetic scenario dataset, with its ground truth as the annotators."""
     from labelwise.demo import run_demo

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from labelwise.fileio import atomic_write_text
+from labelwise.presets import resolve as resolve_strategy
 
 CONFIG_NAME = "labelwise.yaml"
 
@@ -76,7 +77,7 @@ class WorkspaceConfig:
     seed: int = 0
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "least_confidence"})
+    strategy: dict[str, Any] = field(default_factory=lambda: resolve_strategy("default"))
     schedule: list[ScheduleEntry] = field(default_factory=list)
     budget: Budget = field(default_factory=Budget)
     annotation: dict[str, Any] = field(default_factory=lambda: {"backend": "folder"})
@@ -183,8 +184,9 @@ def load_config(workspace: Path) -> WorkspaceConfig:
 def save_config(workspace: Path, config: WorkspaceConfig) -> None:
     header = (
         "# labelwise workspace settings. Edit freely; `labelwise status` checks them.\n"
-        "# strategy names: random, least_confidence, margin, entropy, coreset, hybrid, uncertainty_then_diverse,\n"
-        "#   committee, consistency. annotation backends: folder, label_studio, cvat.\n"
+        "# strategy names: random, random_dedup, detection_and_confusion, detection_entropy, class_confusion,\n"
+        "#   article_least_confidence, softmax_least_confidence, softmax_margin, softmax_entropy, coreset, hybrid,\n"
+        "#   uncertainty_then_diverse, committee, consistency. annotation backends: folder, label_studio, cvat.\n"
     )
     text = header + yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
     atomic_write_text(Path(workspace) / CONFIG_NAME, text)

@@ -8,10 +8,11 @@ from rich.console import Console
 from rich.table import Table
 
 from labelwise.loop import RoundSummary, Workspace
+from labelwise.presets import resolve as resolve_strategy
 from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 
 
-def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence", epochs: int = 20,
+def run_demo(directory: Path, rounds: int = 3, strategy: str = "default", epochs: int = 20,
              per_round: int = 40, initial: int = 80, console: Console | None = None,
              spec: ScenarioSpec = ScenarioSpec(n_train=400, n_val=100, image_size=128, seed=0)) -> Workspace:
     console = console or Console()
@@ -34,7 +35,7 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "least_confidence
             ws_dir, images=[dataset / "train" / "images"], data_yaml=data_yaml, model="yolo11n.yaml",
             imgsz=spec.image_size,
             train={"epochs": epochs, "batch": 16}, budget={"per_round": per_round, "initial": initial},
-            strategy={"name": strategy}, stopping={"rule": "none"},
+            strategy=resolve_strategy(strategy), stopping={"rule": "none"},
         )
         ws.ingest_sources()
 

@@ -72,6 +72,8 @@ class ScoredPool:
     class_scores: (B, n_classes) float32 full class-score vectors of all B boxes.
     boxes: (B, 4) float32 boxes, x1 y1 x2 y2 normalised by the image size (so images of different sizes compare).
     max_candidate_score: (N,) float32, see ImageDetections.
+    hashes: (N, 2) uint64 perceptual hashes of the image files (column 0 pHash, column 1 dHash; see
+        `labelwise.neardup`), or None where the store has none. Computed at ingest, so they exist before any model.
     """
 
     image_ids: np.ndarray
@@ -80,6 +82,7 @@ class ScoredPool:
     class_scores: np.ndarray
     boxes: np.ndarray
     max_candidate_score: np.ndarray
+    hashes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -122,4 +125,5 @@ class ScoredPool:
             class_scores=self.class_scores[box_rows],
             boxes=self.boxes[box_rows],
             max_candidate_score=self.max_candidate_score[rows],
+            hashes=None if self.hashes is None else self.hashes[rows],
         )

@@ -308,3 +308,80 @@ def centroid_diversity(embeddings: np.ndarray, n_clusters: int = 50, seed: int =
     d = np.linalg.norm(x - km.cluster_centers_[labels], axis=1).astype(np.float64)
     lo, hi = d.min(), d.max()
     return (d - lo) / (hi - lo) if hi > lo else np.zeros(n)
+
+
+def typicality(x: np.ndarray, n_neighbors: int = 20) -> np.ndarray:
+    """TypiClust's typicality of each row among the rows of `x` (Hacohen, Dekel & Weinshall 2022, "Active Learning
+    on a Budget: Opposite Strategies Suit High and Low Budgets", ICML):
+
+        typicality(x) = ( (1/K) sum_{x_i in KNN_K(x)} ||x - x_i|| )^-1,   K = min(n_neighbors, n - 1),
+
+    the inverse mean distance to the K nearest other rows: high in dense regions, low for outliers. A single row
+    (no neighbour) gets typicality 0; identical neighbours give +inf (the densest possible).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n < 2:
+        return np.zeros(n)
+    k = min(int(n_neighbors), n - 1)
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    mean = dist[:, 1:].mean(axis=1).astype(np.float64)  # column 0 is the row itself
+    with np.errstate(divide="ignore"):
+        return np.where(mean > 0, 1.0 / np.where(mean > 0, mean, 1.0), np.inf)
+
+
+def typical_clusters(embeddings: np.ndarray, k: int, labeled: np.ndarray | None = None, seed: int = 0,
+                     n_neighbors: int = 20, min_cluster_size: int = 5) -> np.ndarray:
+    """TypiClust selection (Hacohen et al. 2022) for the low-budget regime, e.g. the first batch of a new project.
+
+    The pool and the labeled rows (together L + N, L labeled) are clustered by k-means into ``L + k`` clusters
+    (MiniBatchKMeans beyond 10,000 rows). Then k times: among clusters holding no labeled or picked row, take the
+    largest (clusters under `min_cluster_size` only when no other is left), and from it the pool row of highest
+    `typicality` within its cluster. Every pick is a dense, representative image of a region not yet covered,
+    where k-center greedy would pick the outliers first. On L2-normalised embeddings; deterministic for a seed.
+    Returns min(k, N) distinct pool indices in pick order.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    x = l2_normalise(embeddings)
+    n = x.shape[0]
+    k = min(int(k), n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    lab = np.zeros((0, x.shape[1]), np.float32) if labeled is None else l2_normalise(labeled).reshape(-1, x.shape[1])
+    both = np.concatenate([x, lab]) if lab.shape[0] else x
+    n_clusters = min(both.shape[0], lab.shape[0] + k)
+    if both.shape[0] > 10_000:
+        km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=4096, n_init=3)
+    else:
+        km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=1)
+    assign = km.fit_predict(both)
+    pool_cluster = assign[:n]
+    covered = np.zeros(n_clusters, dtype=bool)
+    covered[assign[n:]] = True
+    sizes = np.bincount(assign, minlength=n_clusters)
+    typical = np.zeros(n)
+    members_of = [np.flatnonzero(pool_cluster == c) for c in range(n_clusters)]
+    for c, members in enumerate(members_of):
+        if members.size:
+            typical[members] = typicality(x[members], n_neighbors)
+    taken = np.zeros(n, dtype=bool)
+    picks: list[int] = []
+    while len(picks) < k:
+        free = np.array([not covered[c] and (~taken[m]).any() for c, m in enumerate(members_of)])
+        if not free.any():  # every cluster covered: start another pass over them, largest first
+            covered[:] = False
+            free = np.array([(~taken[m]).any() for m in members_of])
+            if not free.any():
+                break
+        big = free & (sizes >= min_cluster_size)
+        candidates = np.flatnonzero(big if big.any() else free)
+        c = int(candidates[np.lexsort((candidates, -sizes[candidates]))[0]])
+        members = members_of[c][~taken[members_of[c]]]
+        best = members[np.lexsort((members, -typical[members]))[0]]
+        picks.append(int(best))
+        taken[best] = True
+        covered[c] = True
+    return np.asarray(picks, dtype=np.int64)

@@ -185,7 +185,8 @@ class Workspace:
                 else:
                     report.unlabeled_in_labeled_source += 1
             existing = self.store.image_by_sha(found.sha256)
-            image_id, created = self.store.add_image(found.sha256, str(path), found.width, found.height, split)
+            image_id, created = self.store.add_image(found.sha256, str(path), found.width, found.height, split,
+                                                     found.phash, found.dhash)
             if not created:
                 report.duplicates.append((str(path), str(existing.path if existing else "")))
                 continue
@@ -475,7 +476,7 @@ class Workspace:
     # -- select --------------------------------------------------------------------------------------------------
 
     def select(self, k: int | None = None, strategy: str | dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        from labelwise.selection import LabeledContext, StrategyConfig, select
+        from labelwise.selection import LabeledContext, StrategyConfig, cold_start_select, select
 
         round_no, step = self._open_round()
         if step not in ("select", "annotate"):
@@ -505,25 +506,37 @@ class Workspace:
         known = {f.name for f in dataclasses.fields(StrategyConfig)}
         strategy_config = StrategyConfig.from_dict(
             {key: v for key, v in spec.items() if key in known} | {"seed": self.config.seed + round_no})
-        if not current.model_hash:  # cold start: no model yet, so nothing but chance can choose
-            spec = {"name": "random"}  # what the rounds table should say this round used
+        self._backfill_hashes()
+        labeled_all = self.store.image_ids("pool", "labeled")
+        hash_ids = labeled_all  # "labeled hash #J" in a selection's skips is image hash_ids[J]
+        start = None if current.model_hash else self._cold_start_weights(strategy_config.cold_start)
+        if not current.model_hash and start is None:  # nothing to embed with: only chance can choose
+            spec = {"name": "random", "cold_start": "random"}  # what the rounds table should say this round used
             rng = np.random.default_rng(self.config.seed + round_no)
             rows = rng.permutation(len(unlabeled))[:k]
-            picks = [(int(unlabeled[r]), rank, 0.0, {"random": 1.0}, "cold start: no labels yet, picked at random")
-                     for rank, r in enumerate(rows, start=1)]
+            why = ("cold start: no labels yet, picked at random" if strategy_config.cold_start == "random" else
+                   f"cold start: picked at random, because model '{self.config.model}' is not a trained checkpoint "
+                   f"whose embeddings could choose (cold_start: {strategy_config.cold_start} needs one)")
+            picks = [(int(unlabeled[r]), rank, 0.0, {"random": 1.0}, why) for rank, r in enumerate(rows, start=1)]
             skipped: list[tuple[int, str, float]] = []
         else:
             cfg = self.config
-            pool = self.store.scored_pool(unlabeled, current.model_hash, cfg.imgsz, n_classes=len(cfg.classes))
+            if current.model_hash:
+                model_hash, n_classes = current.model_hash, len(cfg.classes)
+            else:  # cold start from a pretrained checkpoint: its embeddings only, its classes may be others
+                model_hash, n_classes = sha256_file(start)[:16], None
+                spec = {"name": "cold_start", "cold_start": strategy_config.cold_start, "model": str(start)}
+                self._score_images(start, model_hash, states=("unlabeled", "labeled"), progress=True)
+            pool = self.store.scored_pool(unlabeled, model_hash, cfg.imgsz, n_classes=n_classes)
             # The labeled embeddings come with their image ids, in the same order (scored_pool sorts by id), so a
             # "duplicate of labeled #J" names the right image; a labeled image without an embedding is left out.
-            labeled_pool = self.store.scored_pool(self.store.image_ids("pool", "labeled"), current.model_hash,
-                                                  cfg.imgsz, n_classes=len(cfg.classes))
+            labeled_pool = self.store.scored_pool(labeled_all, model_hash, cfg.imgsz, n_classes=n_classes)
             labeled_ids = labeled_pool.image_ids
             labeled_ctx = LabeledContext(
                 embeddings=labeled_pool.embeddings if len(labeled_ids)
                 else np.zeros((0, pool.embeddings.shape[1]), np.float32),
                 class_counts=self.store.class_box_counts(len(cfg.classes)),
+                hashes=self.store.image_hashes(hash_ids) if pool.hashes is not None else None,
             )
             # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
             # every pair (worst with a young model) and near-duplicate suppression would reject the whole pool.
@@ -533,17 +546,20 @@ class Workspace:
                       / max(n_all, 1)).astype(np.float32)
             np.subtract(pool.embeddings, centre, out=pool.embeddings)  # in place: this call owns the copy (140 MB at 80k)
             labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
-            extra: dict[str, Any] = {}
-            self._extra_passes(round_no, spec)  # a strategy chosen after scoring may still need its passes
-            if strategy_config.name == "consistency":
-                extra["flipped"] = self._aligned(pool, current.model_hash, "flip")
-            if strategy_config.name == "committee":
-                size = int(spec.get("committee_size", 3))
-                extra["members"] = [self._aligned(pool, current.model_hash, f"member{j}") for j in range(size)]
-            result = select(pool, k, strategy_config, labeled=labeled_ctx, **extra)
+            if current.model_hash:
+                extra: dict[str, Any] = {}
+                self._extra_passes(round_no, spec)  # a strategy chosen after scoring may still need its passes
+                if strategy_config.name == "consistency":
+                    extra["flipped"] = self._aligned(pool, current.model_hash, "flip")
+                if strategy_config.name == "committee":
+                    size = int(spec.get("committee_size", 3))
+                    extra["members"] = [self._aligned(pool, current.model_hash, f"member{j}") for j in range(size)]
+                result = select(pool, k, strategy_config, labeled=labeled_ctx, **extra)
+            else:
+                result = cold_start_select(pool, k, strategy_config, labeled=labeled_ctx)
             picks = [(int(pool.image_ids[row]), rank, float(score), comp, why) for rank, (row, score, comp, why)
                      in enumerate(zip(result.rows, result.scores, result.components, result.reasons), start=1)]
-            skipped = [(int(pool.image_ids[row]), _describe_duplicate(of, pool, labeled_ids), float(sim))
+            skipped = [(int(pool.image_ids[row]), _describe_duplicate(of, pool, labeled_ids, hash_ids), float(sim))
                        for row, of, sim in result.skipped_duplicates]
         if not picks and k > 0 and len(unlabeled):
             raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
@@ -558,6 +574,27 @@ class Workspace:
                 self.store.update_round(round_no, strategy=json.dumps(spec))
             self.store.save_selection(round_no, picks, skipped, next_step="annotate")
         return self.store.selection(round_no)
+
+    def _backfill_hashes(self) -> None:
+        """Perceptual hashes for images registered before labelwise computed them at ingest (older workspaces)."""
+        from labelwise.pool import backfill_hashes
+
+        for path, reason in backfill_hashes(self.store):
+            self.store.quarantine(path, reason)
+
+    def _cold_start_weights(self, method: str) -> Path | None:
+        """The checkpoint whose embeddings choose the first batch: `model:` when it is a trained checkpoint (a local
+        .pt, or a name Ultralytics downloads), None for a model YAML (random weights embed nothing) or `random`."""
+        if method == "random" or Path(self.config.model).suffix != ".pt":
+            return None
+        local = Path(self.config.model)
+        if local.exists():
+            return local.absolute()
+        load = getattr(self.detector, "load", None)  # e.g. yolo11n.pt, downloaded by Ultralytics when online
+        if load is None:
+            return None
+        path = getattr(load(self.config.model), "ckpt_path", None)
+        return Path(path).absolute() if path and Path(path).exists() else None
 
     def _checked_strategy(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A strategy mapping (from labelwise.yaml, the schedule or --strategy) checked before use: an unknown key is
@@ -649,11 +686,13 @@ class Workspace:
 
             buf = io.StringIO()  # the csv module: paths may hold commas or quotes
             writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["image_path", "duplicate_of_path", "duplicate_of", "cosine_similarity"])
+            writer.writerow(["image_path", "duplicate_of_path", "duplicate_of", "cosine_similarity",
+                             "hamming_distance"])
             for image_id, of, sim in duplicates:
                 found = re.fullmatch(r"image (\d+) \((.+)\)", of)  # as _describe_duplicate writes it
                 of_path = str(self.store.image(int(found.group(1))).path) if found else ""
-                writer.writerow([str(self.store.image(image_id).path), of_path, of, f"{sim:.4f}"])
+                near = ["", f"{sim:.0f}"] if PERCEPTUAL_HASH in of else [f"{sim:.4f}", ""]
+                writer.writerow([str(self.store.image(image_id).path), of_path, of, *near])
             atomic_write_text(manifest, buf.getvalue())
         elif manifest.exists():  # from an earlier selection of this round that did skip duplicates
             manifest.unlink()
@@ -828,13 +867,19 @@ class ImportReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _describe_duplicate(of: Any, pool: ScoredPool, labeled_ids: np.ndarray) -> str:
-    """Turn the core's 'pool row 17' / 'labeled #3' into an image id the manifest can name."""
+PERCEPTUAL_HASH = "perceptual hash"
+
+
+def _describe_duplicate(of: Any, pool: ScoredPool, labeled_ids: np.ndarray, hash_ids: np.ndarray) -> str:
+    """Turn the core's 'pool row 17' / 'labeled #3' / 'hash of pool row 17' / 'labeled hash #3' into an image id
+    the manifest can name."""
     text = str(of)
     try:
         idx = int(text.rsplit(" ", 1)[-1].lstrip("#"))
     except ValueError:
         return text
+    how = f", {PERCEPTUAL_HASH}" if "hash" in text else ""
     if text.startswith("labeled"):
-        return f"image {int(labeled_ids[idx])} (labeled)" if idx < len(labeled_ids) else text
-    return f"image {int(pool.image_ids[idx])} (in this batch)" if idx < len(pool) else text
+        ids = hash_ids if how else labeled_ids
+        return f"image {int(ids[idx])} (labeled{how})" if idx < len(ids) else text
+    return f"image {int(pool.image_ids[idx])} (in this batch{how})" if idx < len(pool) else text

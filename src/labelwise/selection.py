@@ -34,14 +34,29 @@ from labelwise.diversity import (
     farthest_first,
     l2_normalise,
 )
-from labelwise.uncertainty import AGGREGATIONS, EMPTY_POLICIES, MEASURES, image_uncertainty
+from labelwise.neardup import DEFAULT_MAX_HAMMING, nearest_hash_duplicate
+from labelwise.uncertainty import (
+    AGGREGATIONS,
+    DEFAULT_BOX_THRESHOLD,
+    EMPTY_POLICIES,
+    MEASURES,
+    evidence_share,
+    image_uncertainty,
+)
 
+#: A strategy named after an uncertainty measure ranks the pool by that measure.
 STRATEGIES: tuple[str, ...] = (
-    "random", "least_confidence", "margin", "entropy", "coreset", "hybrid", "uncertainty_then_diverse",
-    "committee", "consistency",
+    "random", "random_dedup", *MEASURES, "coreset", "hybrid", "uncertainty_then_diverse", "committee", "consistency",
 )
 DIVERSITY_TERMS = ("nearest", "centroid")
-_UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
+COLD_STARTS = ("typical", "kcenter", "random")
+#: labelwise 0.1 names that normalised sigmoid scores; they are refused with the names to use instead.
+RENAMED = {
+    "least_confidence": "softmax_least_confidence", "margin": "softmax_margin", "entropy": "softmax_entropy",
+    "binary_entropy": "detection_entropy",
+}
+#: Strategies whose ranking needs a model that sees something; with too little evidence they fall back to coverage.
+_NEEDS_EVIDENCE = (*MEASURES, "hybrid", "uncertainty_then_diverse", "committee", "consistency")
 
 #: Candidates checked against the labeled set and the batch per step of a ranked walk.
 _WALK_BLOCK = 4096
@@ -51,40 +66,58 @@ _WALK_BLOCK = 4096
 class StrategyConfig:
     """How to pick a batch. See `select` and the module docstring.
 
-    name: one of STRATEGIES. uncertainty: the measure (least_confidence | margin | entropy | binary_entropy) used by
-    hybrid, uncertainty_then_diverse, coreset/committee/consistency quota and fill order; the three uncertainty
-    strategies use their own name as measure. aggregation/top_n: per-image aggregation of per-box scores.
-    empty_policy/empty_value: score of images with no kept box (uncertainty.empty_image_scores). alpha/beta: hybrid
-    weights. diversity: hybrid's diversity term, "nearest" (ranked batch-mode) or "centroid" (the article's).
+    name: one of STRATEGIES. uncertainty: the measure (one of uncertainty.MEASURES) used by hybrid,
+    uncertainty_then_diverse, coreset/committee/consistency quota and fill order; a strategy named after a measure
+    uses that measure. aggregation/top_n: per-image aggregation of per-box scores. box_threshold: a box counts towards
+    uncertainty when its top score is at least this (apart from score.conf, the detector's candidate threshold).
+    empty_policy/empty_value: score of images with no counted box (uncertainty.empty_image_scores).
+    min_evidence: below this share of pool images holding a counted box, the model is too young for its
+    uncertainty to mean anything and uncertainty-driven strategies pick by coverage (k-center greedy) instead.
+    cold_start: how the first batch is chosen when no round model exists (typical | kcenter | random; the loop reads
+    it, see `cold_start_select`). alpha/beta: hybrid weights. diversity: hybrid's diversity term, "nearest" (ranked batch-mode) or "centroid" (the article's).
     n_clusters: MiniBatchKMeans k for "centroid". candidate_factor: M = factor * k for uncertainty_then_diverse.
     dedup_threshold: cosine similarity at or above which two images are near duplicates (None: off). 0.995 on
     centred, L2-normalised embeddings by default. Measured on the synthetic scenario data with a trained yolo11n:
     consecutive burst frames have median similarity 0.998-0.999, while 1-1.7% of pairs of DIFFERENT scenes exceed
     0.98; against a labeled set of 150 images, 0.98 would wrongly reject most candidates, 0.995 (0.1-0.2% of
-    unrelated pairs) rejects few. rare_class_weight: multiply scores by
+    unrelated pairs) rejects few. dedup_hamming: perceptual-hash near-duplicates (`labelwise.neardup`): an image
+    within this Hamming distance of a labeled or picked image is skipped, whatever the model (None: off). Plain
+    `random` applies neither filter: it is the baseline; `random_dedup` applies both. rare_class_weight: multiply scores by
     balance.rare_class_weights. class_quotas: {class id: minimum images predicted to hold it}. seed: random and
     k-means seed.
     """
 
-    name: str = "least_confidence"
-    uncertainty: str = "least_confidence"
-    aggregation: str = "max"
+    name: str = "hybrid"
+    uncertainty: str = "detection_and_confusion"
+    aggregation: str = "sum"
     top_n: int = 3
+    box_threshold: float = DEFAULT_BOX_THRESHOLD
     empty_policy: str = "near_miss"
     empty_value: float = 1.0
+    min_evidence: float = 0.5
+    cold_start: str = "typical"
     alpha: float = 0.7
     beta: float = 0.3
     diversity: str = "nearest"
     n_clusters: int = 50
     candidate_factor: int = 4
     dedup_threshold: float | None = 0.995
+    dedup_hamming: int | None = DEFAULT_MAX_HAMMING
     rare_class_weight: bool = False
     class_quotas: dict[int, int] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for key in ("name", "uncertainty"):
+            old = getattr(self, key)
+            if old in RENAMED:
+                raise ValueError(
+                    f"strategy config: {key} {old!r} no longer exists: it normalised YOLO's independent sigmoid "
+                    f"scores to sum to 1, which ranks faint clutter as most uncertain. For YOLO use "
+                    f"'detection_and_confusion' (or 'detection_entropy', 'class_confusion'); for a detector whose "
+                    f"class scores are a softmax, '{RENAMED[old]}'.")
         choices = {"name": STRATEGIES, "uncertainty": MEASURES, "aggregation": AGGREGATIONS,
-                   "empty_policy": EMPTY_POLICIES, "diversity": DIVERSITY_TERMS}
+                   "empty_policy": EMPTY_POLICIES, "diversity": DIVERSITY_TERMS, "cold_start": COLD_STARTS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -95,6 +128,11 @@ class StrategyConfig:
             raise ValueError(f"strategy config: alpha and beta must be >= 0 and not both 0, got {self.alpha}, {self.beta}")
         if self.n_clusters < 1 or self.candidate_factor < 1:
             raise ValueError("strategy config: n_clusters and candidate_factor must be >= 1")
+        if not 0.0 <= self.box_threshold <= 1.0 or not 0.0 <= self.min_evidence <= 1.0:
+            raise ValueError(f"strategy config: box_threshold and min_evidence must be in [0, 1], got "
+                             f"{self.box_threshold}, {self.min_evidence}")
+        if self.dedup_hamming is not None and not 0 <= self.dedup_hamming <= 64:
+            raise ValueError(f"strategy config: dedup_hamming must be 0..64 bits or null, got {self.dedup_hamming}")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ValueError(f"strategy config: dedup_threshold must be in [-1, 1] or null, got {self.dedup_threshold}")
         quotas = {int(c): int(m) for c, m in dict(self.class_quotas).items()}
@@ -115,17 +153,22 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class LabeledContext:
-    """What is already labeled: embeddings (M, d), M may be 0; class_counts (n_classes,) labeled box counts."""
+    """What is already labeled: embeddings (M, d), M may be 0; class_counts (n_classes,) labeled box counts;
+    hashes (M', 2) uint64 perceptual hashes of the labeled images (pHash, dHash), None when unknown. M' may differ
+    from M: an image has a hash from ingest on, an embedding only once a model scored it."""
 
     embeddings: np.ndarray
     class_counts: np.ndarray
+    hashes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Selection:
     """A picked batch. rows: pool positions in pick order, distinct. scores: per pick, the score it was ranked by.
     components: per pick, every score component. reasons: per pick, why it was picked. skipped_duplicates: (pool
-    row skipped, "pool row R" or "labeled #J" it duplicates, cosine similarity)."""
+    row skipped, what it duplicates, how near): "pool row R" or "labeled #J" (J: row of the labeled embeddings) with
+    the cosine similarity, or "hash of pool row R" or "labeled hash #J" (J: row of the labeled hashes) with the
+    Hamming distance."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -159,7 +202,9 @@ def tie_order(image_ids: np.ndarray, seed: int) -> np.ndarray:
 class _Batch:
     """The batch under construction and the near-duplicate bookkeeping shared by every step of `select`."""
 
-    def __init__(self, x: np.ndarray, lab: np.ndarray, tie_key: np.ndarray, threshold: float | None):
+    def __init__(self, x: np.ndarray, lab: np.ndarray, tie_key: np.ndarray, threshold: float | None,
+                 hashes: np.ndarray | None = None, lab_hashes: np.ndarray | None = None,
+                 max_hamming: int | None = None):
         self.x, self.lab, self.tie_key, self.threshold = x, lab, tie_key, threshold
         self.rows: list[int] = []
         self.scores: list[float] = []
@@ -167,6 +212,15 @@ class _Batch:
         self.reasons: list[str] = []
         self.skipped: list[tuple[int, str, float]] = []
         self.excluded = np.zeros(x.shape[0], dtype=bool)  # picked or skipped
+        # Perceptual-hash near-duplicates need no model: images near a labeled one never become candidates, and
+        # each pick removes its own near-duplicates from the pool as it is taken.
+        self.hashes = hashes if max_hamming is not None and hashes is not None else None
+        self.max_hamming = max_hamming
+        self._hash_done: set[int] = set()
+        if self.hashes is not None and lab_hashes is not None and len(lab_hashes):
+            of, dist = nearest_hash_duplicate(self.hashes, np.asarray(lab_hashes, dtype=np.uint64), max_hamming)
+            for r in np.flatnonzero(of >= 0):
+                self.skip(int(r), f"labeled hash #{int(of[r])}", float(dist[r]))
 
     def add(self, row: int, score: float, comps: dict[str, float], reason: str) -> None:
         self.rows.append(int(row))
@@ -174,9 +228,21 @@ class _Batch:
         self.components.append({k: float(v) for k, v in comps.items()})
         self.reasons.append(reason)
         self.excluded[row] = True
+        self.exclude_hash_neighbours(int(row))
 
-    def skip(self, row: int, of: str, cosine: float) -> None:
-        self.skipped.append((int(row), of, float(cosine)))
+    def exclude_hash_neighbours(self, row: int) -> None:
+        """Skips every candidate within `max_hamming` of `row`'s perceptual hashes (once per row)."""
+        if self.hashes is None or row in self._hash_done:
+            return
+        self._hash_done.add(row)
+        of, dist = nearest_hash_duplicate(self.hashes, self.hashes[row:row + 1], self.max_hamming)
+        near = np.flatnonzero((of >= 0) & ~self.excluded)
+        for r in near:
+            self.skip(int(r), f"hash of pool row {row}", float(dist[r]))
+
+    def skip(self, row: int, of: str, similarity: float) -> None:
+        """Records a near-duplicate: `similarity` is the cosine, or the Hamming distance when `of` says "hash"."""
+        self.skipped.append((int(row), of, float(similarity)))
         self.excluded[row] = True
 
     def centres(self) -> np.ndarray:
@@ -206,9 +272,13 @@ class _Batch:
             pos += blk.size
             blk = blk[~self.excluded[blk]]
             if thr is None:
-                for r in blk[:need - picked]:
+                for r in blk:
+                    if picked >= need:
+                        break
+                    if self.excluded[r]:  # a hash near-duplicate of a pick made earlier in this block
+                        continue
                     self.add(r, score[r], comps(r), reason(r, len(self.rows) + 1))
-                picked += min(blk.size, need - picked)
+                    picked += 1
                 continue
             xb = self.x[blk]
             before = list(self.rows)
@@ -223,6 +293,8 @@ class _Batch:
             self_sims = xb @ xb.T
             taken_here: list[int] = []
             for i, r in enumerate(blk):
+                if self.excluded[r]:
+                    continue
                 if best_sim[i] >= thr:
                     self.skip(r, self.centre_name(int(best[i]), before), best_sim[i])
                     continue
@@ -268,7 +340,14 @@ class _Batch:
             else:
                 of = self.centre_name(-1 - centre, before)
             self.skip(int(rows[local]), of, 1.0 - dist * dist / 2.0)
-        return [(int(rows[p]), float(v), float(d)) for p, v, d in zip(res.picks, res.values, res.distances)]
+        picks = []
+        for p, v, d in zip(res.picks, res.values, res.distances):
+            row = int(rows[p])
+            if self.excluded[row]:  # a hash near-duplicate of an earlier pick of this same greedy run
+                continue
+            self.exclude_hash_neighbours(row)
+            picks.append((row, float(v), float(d)))
+        return picks
 
 
 def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledContext | None = None,
@@ -311,13 +390,25 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
     lab_raw = np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1])
     lab = l2_normalise(lab_raw)
     ids = np.asarray(pool.image_ids)
-    batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold)
+    pure = name == "random"  # the baseline: no filter of any kind
+    batch = _Batch(x, lab, tie_order(ids, config.seed), None if pure else config.dedup_threshold,
+                   hashes=pool.hashes, lab_hashes=labeled.hashes, max_hamming=None if pure else config.dedup_hamming)
     k = min(int(k), n)
     if k == 0:
         return Selection(np.zeros(0, np.int64), np.zeros(0), [], [], [])
 
-    measure = name if name in _UNCERTAINTY_STRATEGIES else config.uncertainty
-    unc = image_uncertainty(pool, measure, config.aggregation, config.top_n, config.empty_policy, config.empty_value)
+    measure = name if name in MEASURES else config.uncertainty
+    unc = image_uncertainty(pool, measure, config.aggregation, config.top_n, config.empty_policy, config.empty_value,
+                            config.box_threshold)
+    fallback_note = ""
+    if name in _NEEDS_EVIDENCE:
+        seen = evidence_share(pool, config.box_threshold)
+        if seen < config.min_evidence:
+            # A model that sees almost nothing scores almost every image the same: its ranking would be noise.
+            fallback_note = (f"; the model is still too young to rank by uncertainty (only {100 * seen:.0f}% of "
+                             f"images hold a box at >= {config.box_threshold:g}, under min_evidence "
+                             f"{100 * config.min_evidence:.0f}%), so this batch covers the pool instead")
+            name = "coreset"
     n_boxes = pool.boxes_per_image
     weight = rare_class_weights(class_presence(pool), counts) if config.rare_class_weight else np.ones(n)
     extra: dict[str, np.ndarray] = {}
@@ -330,7 +421,7 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
         extra["inconsistency"] = consistency_scores(pool, flipped, config.aggregation, config.top_n)
 
     # The strategy's static per-image score: quota picks and fill-up follow it.
-    if name == "random":
+    if name in ("random", "random_dedup"):
         rng = np.random.default_rng(config.seed)
         static = rng.random(n) ** (1.0 / weight)
         static_label = "random draw"
@@ -357,7 +448,7 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
                          else f"no box kept; fixed empty-image score {config.empty_value:g}")
         if weight[r] > 1.0:
             parts.append(f"rare-class weight {weight[r]:.2f}")
-        return ("; " + "; ".join(parts)) if parts else ""
+        return (("; " + "; ".join(parts)) if parts else "") + fallback_note
 
     def static_comps(r: int) -> dict[str, float]:
         c = base_components(r)
@@ -381,9 +472,9 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
 
     need = k - len(batch.rows)
     all_rows = np.arange(n)
-    if need > 0 and name in ("random", "least_confidence", "margin", "entropy", "committee", "consistency"):
-        label = {"random": "random", "committee": "query by committee", "consistency": "flip consistency"}.get(
-            name, f"{name} ranking")
+    if need > 0 and name in ("random", "random_dedup", *MEASURES, "committee", "consistency"):
+        label = {"random": "random", "random_dedup": "random without near-duplicates",
+                 "committee": "query by committee", "consistency": "flip consistency"}.get(name, f"{name} ranking")
         batch.walk(batch.ranked(static), need, static, static_comps, static_reason(label))
     elif need > 0 and name == "coreset":
         picks = batch.greedy(all_rows, need, np.zeros(n), weight, np.sqrt, None)
@@ -482,3 +573,54 @@ def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: Str
         batch.add(r, value, c, (
             f"hybrid: {config.alpha:g}*uncertainty {u_scaled[r]:.3f} + {config.beta:g}*distance to nearest "
             f"labeled-or-picked image {d:.3f} = {value:.3f}{describe(r)}"))
+
+
+def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
+                      labeled: LabeledContext | None = None) -> Selection:
+    """The first batch, before any round model exists, from a pretrained checkpoint's image embeddings.
+
+    `config.cold_start`:
+    - "typical": near-duplicates (perceptual hash, `dedup_hamming`) are removed first, keeping one image of each
+      group; then TypiClust (`diversity.typical_clusters`; Hacohen et al. 2022): one dense, representative image
+      from each of the largest clusters not yet covered. For the low-budget regime of a first batch.
+    - "kcenter": k-center greedy (Sener & Savarese 2018) from the image nearest the mean, skipping near-duplicates.
+    - "random": uniform without replacement, no filter (the baseline).
+    The detections of a checkpoint trained for other classes say nothing about these classes, so only the
+    embeddings are used.
+    """
+    from labelwise.diversity import typical_clusters
+
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n = len(pool)
+    k = min(int(k), n)
+    if config.cold_start == "random" or k == 0:
+        rng = np.random.default_rng(config.seed)
+        rows = rng.permutation(n)[:k]
+        return Selection(rows.astype(np.int64), np.zeros(k), [{"random": 1.0} for _ in rows],
+                         ["cold start: picked at random"] * k, [])
+    if labeled is None:
+        labeled = LabeledContext(np.zeros((0, pool.embeddings.shape[1]), np.float32), np.zeros(pool.n_classes))
+    x = l2_normalise(pool.embeddings)
+    lab = l2_normalise(np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1]))
+    ids = np.asarray(pool.image_ids)
+    batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold, hashes=pool.hashes,
+                   lab_hashes=labeled.hashes, max_hamming=config.dedup_hamming)
+    if config.cold_start == "kcenter":
+        for r, _value, dist in batch.greedy(np.arange(n), k, np.zeros(n), np.ones(n), np.sqrt, None):
+            why = ("cold start, k-center greedy: first centre, the image nearest the pool's mean embedding"
+                   if not np.isfinite(dist) else
+                   f"cold start, k-center greedy: farthest from every labeled and picked image (distance {dist:.3f})")
+            batch.add(r, dist if np.isfinite(dist) else 0.0, {"distance": dist if np.isfinite(dist) else 0.0}, why)
+    else:
+        for r in batch.ranked(np.zeros(n)):  # one representative per near-duplicate group, in tie order
+            if not batch.excluded[r]:
+                batch.exclude_hash_neighbours(int(r))
+        candidates = np.flatnonzero(~batch.excluded)
+        picks = typical_clusters(x[candidates], k, labeled=lab if lab.shape[0] else None, seed=config.seed)
+        for rank, local in enumerate(picks, start=1):
+            r = int(candidates[local])
+            batch.add(r, float(k - rank + 1), {"typical_rank": float(rank)},
+                      f"cold start, TypiClust: the most typical image of the largest uncovered cluster (pick {rank})")
+    return Selection(np.asarray(batch.rows, dtype=np.int64), np.asarray(batch.scores, dtype=np.float64),
+                     batch.components, batch.reasons, batch.skipped)

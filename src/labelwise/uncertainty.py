@@ -1,55 +1,140 @@
 """Per-box and per-image uncertainty of a detector's class scores. Pure NumPy; higher = more informative.
 
-YOLO (v8 and later) scores every class with an independent sigmoid, so a box's score row does not sum to 1. The
-classic measures (least confidence, margin, entropy; Settles 2009, "Active Learning Literature Survey") are defined on a
-probability distribution, so `least_confidence`, `margin` and `entropy` first normalise each row to sum to 1:
-``q_c = p_c / sum_c' p_c'``. A row that already sums to 1 (a softmax) is unchanged, so on such rows the results equal
-the classic definitions. A row that is all zeros carries no evidence for any class and is read as the uniform
-distribution, the maximally uncertain one (never a division by zero). `binary_entropy` is the alternative that keeps
-the sigmoids as they are: the entropy of the product of independent Bernoulli variables.
+YOLO (v8, 11, 26) scores every class with an independent sigmoid, so a box's row ``p`` does not sum to 1 and its top
+score ``s = max_c p_c`` is also the model's probability that the box holds an object at all. The sigmoid measures
+keep that: they never normalise a row.
 
-Per-image scores come from the per-box scores with `aggregate` (one image) or `aggregate_csr` (a whole
-`ScoredPool`, vectorised). An image with no kept box gets its score from an explicit policy, see `empty_image_scores`.
+- `detection_entropy`: is there an object? The binary entropy of the top score, in bits (0.5 is the least certain).
+- `class_confusion`: which object? Confusion among the plausible classes, weighted by the top score.
+- `detection_and_confusion`: the sum of the two (the default).
+- `article_least_confidence`: the article's own baseline, ``1 - min`` top score over boxes kept at 0.25.
+
+The classic measures on a distribution (least confidence, margin, entropy; Settles 2009, "Active Learning Literature
+Survey") are kept for detectors whose rows really are softmax distributions, as `softmax_least_confidence`,
+`softmax_margin` and `softmax_entropy`. Applied to sigmoid rows they rescale a faint clutter box
+``[.051, .040, .045, .030]`` into a near-uniform distribution and call it maximally uncertain.
+
+Which boxes count: a box counts towards an image's uncertainty when its top score is at least `box_threshold`, a
+setting of its own (``strategy.box_threshold``), apart from the detector's NMS candidate threshold (``score.conf``):
+scoring keeps faint candidates so that the threshold here can change without re-scoring. Per-image scores come from
+the counted boxes with `aggregate` / `aggregate_csr`; an image with no counted box gets its score from an explicit
+policy (`empty_image_scores`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MEASURES = ("least_confidence", "margin", "entropy", "binary_entropy")
-AGGREGATIONS = ("max", "mean_top_n", "mean", "sum")
+from labelwise.detections import csr_offsets
+
+SIGMOID_MEASURES = ("detection_and_confusion", "detection_entropy", "class_confusion", "article_least_confidence")
+SOFTMAX_MEASURES = ("softmax_least_confidence", "softmax_margin", "softmax_entropy")
+MEASURES = SIGMOID_MEASURES + SOFTMAX_MEASURES
+AGGREGATIONS = ("sum", "max", "mean_top_n", "mean")
 EMPTY_POLICIES = ("near_miss", "fixed")
 
+#: The article's confidence threshold: its least confidence looks only at boxes predicted at 0.25 or above.
+ARTICLE_CONF = 0.25
+#: Default `box_threshold`: boxes whose top score is below it are clutter as far as uncertainty goes.
+DEFAULT_BOX_THRESHOLD = 0.1
+#: Default `plausible` share for `class_confusion`: a class takes part when it scores at least this.
+DEFAULT_PLAUSIBLE = 0.1
 
-def normalise_rows(p: np.ndarray) -> np.ndarray:
-    """Rows of `p` rescaled to sum to 1: ``q_c = p_c / sum_c' p_c'`` (float64).
+_LN2 = float(np.log(2.0))
 
-    Negative entries (not expected from sigmoids) are clipped to 0. An all-zero row becomes uniform, ``q_c = 1/C``.
-    """
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+
+def _scores_2d(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"class scores must be a 2-D (n_boxes, n_classes) array, got shape {p.shape}")
     if p.shape[1] == 0:
         raise ValueError("class scores need at least one class column")
+    return p
+
+
+def top_score(p: np.ndarray) -> np.ndarray:
+    """``s_b = max_c p_bc``: a sigmoid detector's probability that box b is an object of its best class."""
+    return np.clip(_scores_2d(p), 0.0, 1.0).max(axis=1)
+
+
+def bernoulli_entropy_bits(s: np.ndarray) -> np.ndarray:
+    """``H_2(s) = -s log2 s - (1 - s) log2 (1 - s)`` (0 log 0 = 0), in bits: 0 at s in {0, 1}, 1 at s = 0.5."""
+    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(np.where(s > 0, s * np.log(np.where(s > 0, s, 1.0)), 0.0)
+              + np.where(s < 1, (1 - s) * np.log(np.where(s < 1, 1 - s, 1.0)), 0.0))
+    return h / _LN2
+
+
+def detection_entropy(p: np.ndarray) -> np.ndarray:
+    """Detection uncertainty per box: the binary entropy of its top score, ``H_2(max_c p_c)``, in bits, in [0, 1].
+
+    With independent sigmoids the top score is the probability that the box is an object at all, so the box the
+    model is least sure exists (top score 0.5) scores 1, and both a confident box and faint clutter score low.
+    Per-detection entropy aggregated over an image: Roy, Unmesh & Namboodiri 2018, "Deep Active Learning for Object
+    Detection" (BMVC); Haussmann et al. 2020, "Scalable Active Learning for Object Detection" (IEEE IV).
+    """
+    return bernoulli_entropy_bits(top_score(p))
+
+
+def class_confusion(p: np.ndarray, plausible: float = DEFAULT_PLAUSIBLE) -> np.ndarray:
+    """Class confusion per box among its plausible classes, weighted by the probability that it is an object:
+
+        P_b = {c : p_bc >= plausible},   q_c = p_bc / sum_{c' in P_b} p_bc'   (c in P_b),
+        confusion_b = s_b * (1 - (q_(1) - q_(2))),   s_b = max_c p_bc,
+
+    q_(1) >= q_(2) the two largest q (q_(2) = 0 with fewer than two plausible classes, so a box only one class
+    explains scores 0). The margin term is 1-vs-2 margin sampling (Scheffer et al. 2001; for detection, Brust,
+    Käding & Denzler 2019, "Active Learning for Deep Object Detection", VISAPP), taken over the classes the model
+    finds plausible instead of a renormalised row of all classes, and the factor s_b keeps a box that is probably
+    not an object from scoring high on a confusion between two near-zero classes. In [0, 1].
+    """
+    p = np.clip(_scores_2d(p), 0.0, 1.0)
+    if p.shape[1] < 2:
+        return np.zeros(p.shape[0])
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    first, second = top2[:, 1], top2[:, 0]
+    plaus = np.where(p >= plausible, p, 0.0).sum(axis=1)
+    both = (second >= plausible) & (plaus > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin_q = np.where(both, (first - second) / np.where(plaus > 0, plaus, 1.0), 1.0)
+    return first * (1.0 - margin_q)
+
+
+def detection_and_confusion(p: np.ndarray, plausible: float = DEFAULT_PLAUSIBLE) -> np.ndarray:
+    """``detection_entropy(p) + class_confusion(p)``: unsure whether it is an object, plus unsure which. In [0, 2]."""
+    return detection_entropy(p) + class_confusion(p, plausible)
+
+
+def top_score_least_confidence(p: np.ndarray) -> np.ndarray:
+    """``1 - max_c p_c`` per box: the article's per-box term (its image score is the max over boxes at >= 0.25)."""
+    return 1.0 - top_score(p)
+
+
+def normalise_rows(p: np.ndarray) -> np.ndarray:
+    """Rows of `p` rescaled to sum to 1: ``q_c = p_c / sum_c' p_c'`` (float64), for the softmax measures.
+
+    Negative entries are clipped to 0. An all-zero row becomes uniform, ``q_c = 1/C``.
+    """
+    p = np.clip(_scores_2d(p), 0.0, None)
     total = p.sum(axis=1, keepdims=True)
     uniform = np.full_like(p, 1.0 / p.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform)
 
 
-def least_confidence(p: np.ndarray) -> np.ndarray:
-    """Least confidence per box: ``1 - max_c q_c`` on the row-normalised scores q (see module docstring).
+def softmax_least_confidence(p: np.ndarray) -> np.ndarray:
+    """Least confidence per box on a class distribution: ``1 - max_c q_c``, q the row normalised to sum to 1.
 
-    Settles 2009; the article's Strategy 1. Range [0, 1 - 1/C].
+    Settles 2009. For softmax detectors only (see module docstring). Range [0, 1 - 1/C].
     """
-    q = normalise_rows(p)
-    return 1.0 - q.max(axis=1)
+    return 1.0 - normalise_rows(p).max(axis=1)
 
 
-def margin(p: np.ndarray) -> np.ndarray:
-    """Margin uncertainty per box: ``1 - (q_top1 - q_top2)`` on the row-normalised scores q.
+def softmax_margin(p: np.ndarray) -> np.ndarray:
+    """Margin uncertainty per box on a class distribution: ``1 - (q_top1 - q_top2)``, q normalised to sum to 1.
 
-    Scheffer et al. 2001 (margin sampling). With one class there is no runner-up, so ``q_top2 = 0``. Range [0, 1].
+    Scheffer et al. 2001. For softmax detectors only. With one class, ``q_top2 = 0``. Range [0, 1].
     """
     q = normalise_rows(p)
     if q.shape[1] == 1:
@@ -58,10 +143,10 @@ def margin(p: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-def entropy(p: np.ndarray) -> np.ndarray:
-    """Shannon entropy per box in nats: ``-sum_c q_c ln q_c`` on the row-normalised scores q (0 ln 0 = 0).
+def softmax_entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy per box in nats on a class distribution: ``-sum_c q_c ln q_c``, q normalised to sum to 1.
 
-    Shannon 1948; Settles 2009. Range [0, ln C].
+    Shannon 1948; Settles 2009. For softmax detectors only. Range [0, ln C].
     """
     q = normalise_rows(p)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -69,76 +154,74 @@ def entropy(p: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=1)
 
 
-def binary_entropy(p: np.ndarray, reduce: str = "sum") -> np.ndarray:
-    """Per-class binary entropy of independent sigmoid scores, ``H(p_c) = -p_c ln p_c - (1 - p_c) ln(1 - p_c)``.
-
-    No normalisation: each class is its own Bernoulli variable, as YOLO trains it (binary cross-entropy per class).
-    `reduce`: "sum" (default) gives ``sum_c H(p_c)``, the entropy of the joint of the independent Bernoullis; "max"
-    the most uncertain class; "mean" the average; "none" the (n_boxes, n_classes) matrix. Scores are clipped to [0, 1].
-    """
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    if p.ndim != 2:
-        raise ValueError(f"class scores must be a 2-D (n_boxes, n_classes) array, got shape {p.shape}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-              + np.where(p < 1, (1 - p) * np.log(np.where(p < 1, 1 - p, 1.0)), 0.0))
-    if reduce == "sum":
-        return h.sum(axis=1)
-    if reduce == "max":
-        return h.max(axis=1) if h.shape[1] else np.zeros(h.shape[0])
-    if reduce == "mean":
-        return h.mean(axis=1)
-    if reduce == "none":
-        return h
-    raise ValueError(f"unknown reduce {reduce!r}; expected one of sum, max, mean, none")
+_PER_BOX = {
+    "detection_and_confusion": detection_and_confusion,
+    "detection_entropy": detection_entropy,
+    "class_confusion": class_confusion,
+    "article_least_confidence": top_score_least_confidence,
+    "softmax_least_confidence": softmax_least_confidence,
+    "softmax_margin": softmax_margin,
+    "softmax_entropy": softmax_entropy,
+}
 
 
-def box_uncertainty(class_scores: np.ndarray, measure: str = "least_confidence") -> np.ndarray:
+def box_uncertainty(class_scores: np.ndarray, measure: str = "detection_and_confusion") -> np.ndarray:
     """Per-box uncertainty of a (n_boxes, n_classes) score array under `measure` (one of MEASURES).
 
-    Single-class models: row normalisation would make every box certain (q = 1), so a one-column array is read as
-    the two-way distribution ``[p, 1 - p]`` (object vs background) before least_confidence / margin / entropy.
+    Softmax measures on a single-class model read the one column as the two-way distribution ``[p, 1 - p]``
+    (object vs background); normalising one column would make every box certain.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown uncertainty measure {measure!r}; expected one of {', '.join(MEASURES)}")
     p = np.asarray(class_scores, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"class scores must be 2-D, got shape {p.shape}")
-    if measure == "binary_entropy":
-        return binary_entropy(p)
-    if p.shape[1] == 1:
+    if p.shape[0] == 0:
+        return np.zeros(0)
+    if measure in SOFTMAX_MEASURES and p.shape[1] == 1:
         s = np.clip(p, 0.0, 1.0)
         p = np.concatenate([s, 1.0 - s], axis=1)
-    return {"least_confidence": least_confidence, "margin": margin, "entropy": entropy}[measure](p)
+    return _PER_BOX[measure](p)
 
 
-def near_miss_scores(max_candidate_score: np.ndarray, measure: str = "least_confidence") -> np.ndarray:
-    """Uncertainty of images with no kept box, from how close the model came to keeping one.
+def counted_boxes(class_scores: np.ndarray, box_threshold: float) -> np.ndarray:
+    """(B,) bool: the boxes that count towards uncertainty, ``max_c p_c >= box_threshold``."""
+    p = np.asarray(class_scores, dtype=np.float64)
+    if p.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return p.max(axis=1) >= box_threshold
 
-    With s the highest class score of any candidate before the confidence threshold, the image is scored as one box
-    with the two-way distribution ``[s, 1 - s]`` (something vs nothing) under the same `measure`:
-    least_confidence ``1 - max(s, 1 - s)``, margin ``1 - |2s - 1|``, entropy and binary_entropy
-    ``-s ln s - (1 - s) ln(1 - s)``. A model that saw nothing (s = 0) is certain the image is empty (score 0); one
-    that almost kept a box (s near 0.5) is maximally unsure.
+
+def near_miss_scores(max_candidate_score: np.ndarray, measure: str = "detection_and_confusion",
+                     box_threshold: float = 0.0) -> np.ndarray:
+    """Uncertainty of images with no counted box, from how close the model came to seeing something.
+
+    s = the highest score of any candidate in the image (kept or not). Sigmoid measures score it as a one-class box
+    of top score s, so detection entropy ``H_2(s)`` (class confusion needs two classes: 0), and 0 when
+    ``s < box_threshold``: a candidate too faint to count in an image with boxes does not count in an empty one
+    either. The article's least confidence has no near miss: 0. Softmax measures read ``[s, 1 - s]`` (something vs
+    nothing) under the same measure. A model that saw nothing (s = 0) is certain the image is empty (score 0).
     """
     s = np.clip(np.asarray(max_candidate_score, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    two_way = np.stack([s, 1.0 - s], axis=1)
-    if measure == "binary_entropy":
-        return binary_entropy(s[:, None])
-    return box_uncertainty(two_way, measure)
+    if measure in SOFTMAX_MEASURES:
+        return box_uncertainty(np.stack([s, 1.0 - s], axis=1), measure)
+    if measure in ("detection_entropy", "detection_and_confusion"):
+        return np.where(s >= box_threshold, bernoulli_entropy_bits(s), 0.0)
+    if measure in ("class_confusion", "article_least_confidence"):
+        return np.zeros(s.shape[0])
+    raise ValueError(f"unknown uncertainty measure {measure!r}; expected one of {', '.join(MEASURES)}")
 
 
-def empty_image_scores(max_candidate_score: np.ndarray, measure: str = "least_confidence",
-                       policy: str = "near_miss", value: float = 1.0) -> np.ndarray:
-    """Scores for images with no kept box under an explicit policy (never an implicit 0 or 1).
+def empty_image_scores(max_candidate_score: np.ndarray, measure: str = "detection_and_confusion",
+                       policy: str = "near_miss", value: float = 1.0, box_threshold: float = 0.0) -> np.ndarray:
+    """Scores for images with no counted box under an explicit policy (never an implicit 0 or 1).
 
-    "near_miss" (default): `near_miss_scores` of the highest pre-threshold candidate score.
-    "fixed": the constant `value` for every empty image (the article used 1.0, which floods a batch with blank
-    frames; it is kept as an opt-in).
+    "near_miss" (default): `near_miss_scores` of the highest candidate score. "fixed": the constant `value` for every
+    empty image (the article uses 1.0, which floods a batch with blank frames; kept for its baseline).
     """
     n = np.asarray(max_candidate_score).reshape(-1).shape[0]
     if policy == "near_miss":
-        return near_miss_scores(max_candidate_score, measure)
+        return near_miss_scores(max_candidate_score, measure, box_threshold)
     if policy == "fixed":
         return np.full(n, float(value))
     raise ValueError(f"unknown empty-image policy {policy!r}; expected one of {', '.join(EMPTY_POLICIES)}")
@@ -212,10 +295,45 @@ def aggregate_csr(box_scores: np.ndarray, box_offsets: np.ndarray, method: str =
     return out
 
 
-def image_uncertainty(pool, measure: str = "least_confidence", aggregation: str = "max", top_n: int = 3,
-                      empty_policy: str = "near_miss", empty_value: float = 1.0) -> np.ndarray:
-    """(N,) per-image uncertainty of a `ScoredPool`: `box_uncertainty` of every box, `aggregate_csr` per image,
-    `empty_image_scores` for images with no kept box (from `pool.max_candidate_score`)."""
-    per_box = box_uncertainty(pool.class_scores, measure) if pool.class_scores.shape[0] else np.zeros(0)
-    empty = empty_image_scores(pool.max_candidate_score, measure, empty_policy, empty_value)
-    return aggregate_csr(per_box, pool.box_offsets, aggregation, top_n, empty)
+def image_uncertainty(pool, measure: str = "detection_and_confusion", aggregation: str = "sum", top_n: int = 3,
+                      empty_policy: str = "near_miss", empty_value: float = 1.0,
+                      box_threshold: float = DEFAULT_BOX_THRESHOLD) -> np.ndarray:
+    """(N,) per-image uncertainty of a `ScoredPool`.
+
+    `box_uncertainty` of every box whose top score is at least `box_threshold` (`counted_boxes`), `aggregate_csr`
+    per image, `empty_image_scores` for images with no counted box. An image's best candidate is the larger of its
+    `max_candidate_score` and its best kept box, so a kept box below the threshold still informs the near miss.
+
+    "article_least_confidence" is the article's measure exactly: ``1 - min_b s_b`` over boxes with ``s_b >= 0.25``,
+    i.e. per-box ``1 - s_b``, threshold `ARTICLE_CONF` and max aggregation, whatever `box_threshold` and
+    `aggregation` say; only its empty-image policy is configurable.
+    """
+    if measure == "article_least_confidence":
+        box_threshold, aggregation = ARTICLE_CONF, "max"
+    offsets = np.asarray(pool.box_offsets, dtype=np.int64)
+    scores = np.asarray(pool.class_scores)
+    keep = counted_boxes(scores, box_threshold)
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    best = np.asarray(pool.max_candidate_score, dtype=np.float64).reshape(-1).copy()
+    if scores.shape[0]:
+        np.maximum.at(best, owner, scores.max(axis=1))
+    kept_offsets = csr_offsets(np.bincount(owner[keep], minlength=len(offsets) - 1))
+    per_box = box_uncertainty(scores[keep], measure) if keep.any() else np.zeros(0)
+    empty = empty_image_scores(best, measure, empty_policy, empty_value, box_threshold)
+    return aggregate_csr(per_box, kept_offsets, aggregation, top_n, empty)
+
+
+def evidence_share(pool, box_threshold: float = DEFAULT_BOX_THRESHOLD) -> float:
+    """Share of the pool's images with at least one box at or above `box_threshold`: how much the model sees.
+
+    Near 0 for a young model; the selection falls back to diversity below a minimum share, because uncertainty
+    that is 0 (or the near-miss score) almost everywhere ranks the pool by noise.
+    """
+    n = len(pool.box_offsets) - 1
+    if n == 0:
+        return 0.0
+    scores = np.asarray(pool.class_scores)
+    if scores.shape[0] == 0:
+        return 0.0
+    owner = np.repeat(np.arange(n), np.diff(np.asarray(pool.box_offsets)))
+    return float(np.unique(owner[counted_boxes(scores, box_threshold)]).size / n)
