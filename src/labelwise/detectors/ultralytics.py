@@ -55,7 +55,9 @@ def _ultralytics(config_dir: Path):
     import ultralytics
     from ultralytics.utils import torch_utils
 
-    threads = os.cpu_count() or 1
+    # Several processes sharing the cores (simulations side by side) each set OMP_NUM_THREADS to their share;
+    # every process taking all cores makes their threads spin against each other.
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0)) or 1
     torch_utils.NUM_THREADS = threads  # select_device() resets torch to this; Ultralytics' default is cpu_count - 1
     torch.set_num_threads(threads)
     return ultralytics
