@@ -22,7 +22,11 @@ import numpy as np
 from labelwise.detections import ImageDetections, ScoredPool, csr_offsets
 
 STORE_NAME = "labelwise.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: images.phash, images.dhash
+
+# SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
+# with the same bits (two's complement) and read back with `.view(np.uint64)`.
+_TWO_63 = 1 << 63
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +38,9 @@ CREATE TABLE IF NOT EXISTS images(
     height INTEGER NOT NULL,
     split TEXT NOT NULL DEFAULT 'pool' CHECK (split IN ('pool', 'val')),
     state TEXT NOT NULL DEFAULT 'unlabeled' CHECK (state IN ('unlabeled', 'selected', 'labeled')),
-    added_at TEXT NOT NULL
+    added_at TEXT NOT NULL,
+    phash INTEGER,
+    dhash INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_state ON images(split, state);
 CREATE TABLE IF NOT EXISTS image_paths(path TEXT PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id));
@@ -163,9 +169,20 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
+            self._migrate()
             self.conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),)
             )
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier labelwise up to SCHEMA (inside the opening transaction, so a failed
+        migration leaves the file as it was). Version 1 -> 2: the perceptual-hash columns, left NULL for the
+        images already there (`labelwise.pool.backfill_hashes` fills them)."""
+        columns = {row["name"] for row in self.conn.execute("PRAGMA table_info(images)")}
+        for column in ("phash", "dhash"):
+            if column not in columns:
+                self.conn.execute(f"ALTER TABLE images ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         self.conn.close()
@@ -214,22 +231,64 @@ class Store:
         row = self.conn.execute("SELECT image_id FROM image_paths WHERE path=?", (path,)).fetchone()
         return int(row[0]) if row else None
 
-    def add_image(self, sha256: str, path: str, width: int, height: int, split: str = "pool") -> tuple[int, bool]:
-        """Insert an image (or find it by hash). Returns (id, created). Records `path` as one of its names."""
+    def add_image(self, sha256: str, path: str, width: int, height: int, split: str = "pool",
+                  phash: int | None = None, dhash: int | None = None) -> tuple[int, bool]:
+        """Insert an image (or find it by hash). Returns (id, created). Records `path` as one of its names.
+
+        `phash`, `dhash`: the image's unsigned 64-bit perceptual hashes (labelwise.neardup); an image found by its
+        SHA-256 that has none yet gets them."""
         with self.transaction() as c:
             row = c.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
             created = row is None
             if created:
                 cur = c.execute(
-                    "INSERT INTO images(sha256, path, width, height, split, added_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (sha256, path, width, height, split, now()),
+                    "INSERT INTO images(sha256, path, width, height, split, added_at, phash, dhash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sha256, path, width, height, split, now(), _signed(phash), _signed(dhash)),
                 )
                 image_id = int(cur.lastrowid)
             else:
                 image_id = int(row[0])
+                if phash is not None and dhash is not None:
+                    c.execute("UPDATE images SET phash=?, dhash=? WHERE id=? AND (phash IS NULL OR dhash IS NULL)",
+                              (_signed(phash), _signed(dhash), image_id))
             c.execute("INSERT OR IGNORE INTO image_paths(path, image_id) VALUES (?, ?)", (path, image_id))
             c.execute("DELETE FROM quarantine WHERE path=?", (path,))
         return image_id, created
+
+    def images_without_hashes(self) -> list[tuple[int, Path]]:
+        """(id, path) of every image that has no perceptual hashes yet, by id."""
+        rows = self.conn.execute("SELECT id, path FROM images WHERE phash IS NULL OR dhash IS NULL ORDER BY id")
+        return [(int(r[0]), Path(r[1])) for r in rows]
+
+    def set_image_hashes(self, hashes: Iterable[tuple[int, int, int]]) -> None:
+        """Store (image_id, phash, dhash) triples, the hashes as unsigned 64-bit integers, in one transaction."""
+        with self.transaction() as c:
+            c.executemany("UPDATE images SET phash=?, dhash=? WHERE id=?",
+                          [(_signed(p), _signed(d), int(i)) for i, p, d in hashes])
+
+    def image_hashes(self, image_ids: Iterable[int]) -> np.ndarray:
+        """(N, 2) uint64 (pHash, dHash) rows of `image_ids`, in the order given.
+
+        Raises KeyError for an unknown id and LookupError, naming the images, for images that have no hashes yet
+        (no sentinel: every uint64 is a valid hash). `labelwise.pool.backfill_hashes` computes the missing ones."""
+        ids = [int(i) for i in image_ids]
+        found: dict[int, tuple[int | None, int | None, str]] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            for r in self.conn.execute(
+                f"SELECT id, phash, dhash, path FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                found[r[0]] = (r[1], r[2], r[3])
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise KeyError(f"no image with id {unknown[0]}{more}")
+        missing = [found[i][2] for i in ids if found[i][0] is None or found[i][1] is None]
+        if missing:
+            raise LookupError(f"{len(missing)} image(s) have no perceptual hashes yet, e.g. {missing[0]}; "
+                              "run labelwise.pool.backfill_hashes on the store")
+        return _unsigned([(found[i][0], found[i][1]) for i in ids])
 
     def images(self, split: str | None = None, state: str | None = None) -> list[ImageRow]:
         sql, args = "SELECT * FROM images WHERE 1=1", []
@@ -376,11 +435,12 @@ class Store:
                     n_classes: int | None = None) -> ScoredPool:
         """The cached detections of `image_ids` packed for the core, in the order of `image_ids` (ids without
         detections are left out). One SQL pass and one `np.frombuffer` per column: 80,000 images in well under a
-        second."""
+        second. `hashes` is None when any of the images has no perceptual hashes yet (see `image_hashes`)."""
         order = {int(image_id): k for k, image_id in enumerate(image_ids)}
+        # CROSS JOIN: SQLite keeps `images` outer, probing the primary key
         sql = ("SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
-               " d.embedding FROM images i CROSS JOIN detections d ON d.sha256 = i.sha256 AND d.model_hash=?"
-               " AND d.imgsz=? AND d.variant=?")  # CROSS JOIN: SQLite keeps `images` outer, probing the primary key
+               " d.embedding, i.phash, i.dhash FROM images i CROSS JOIN detections d ON d.sha256 = i.sha256"
+               " AND d.model_hash=? AND d.imgsz=? AND d.variant=?")
         if len(order) > 20_000:  # most of the pool: one scan beats many index probes
             rows = [r for r in self.conn.execute(sql, (model_hash, imgsz, variant)) if r[0] in order]
         else:
@@ -411,6 +471,8 @@ class Store:
             if nc else np.zeros((0, 0), np.float32),
             boxes=boxes / scale if len(boxes) else np.zeros((0, 4), np.float32),
             max_candidate_score=np.fromiter((r[5] for r in rows), dtype=np.float32, count=len(rows)),
+            hashes=None if any(r[9] is None or r[10] is None for r in rows)
+            else _unsigned([(r[9], r[10]) for r in rows]),
         )
 
     # -- selections ----------------------------------------------------------------------------------------------
@@ -452,6 +514,20 @@ class Store:
             c.execute("UPDATE selections SET outcome=? WHERE round=? AND image_id=?", (outcome, round_no, image_id))
             if outcome == "skipped":
                 c.execute("UPDATE images SET state='unlabeled' WHERE id=? AND state='selected'", (image_id,))
+
+
+def _signed(value: int | None) -> int | None:
+    """An unsigned 64-bit integer as the signed one with the same bits (SQLite INTEGER is signed 64-bit)."""
+    if value is None:
+        return None
+    if not 0 <= value < 2 * _TWO_63:
+        raise ValueError(f"a 64-bit hash must be in [0, 2**64), got {value}")
+    return value - 2 * _TWO_63 if value >= _TWO_63 else value
+
+
+def _unsigned(pairs: list[tuple[int, int]]) -> np.ndarray:
+    """(N, 2) uint64 from stored signed pairs: the same bits reinterpreted."""
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2).view(np.uint64)
 
 
 def _image(row: sqlite3.Row) -> ImageRow:
