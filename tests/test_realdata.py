@@ -33,7 +33,7 @@ def test_a_round_on_real_photographs(tmp_path, aquarium):
     ws = Workspace.create(tmp_path / "ws", images=[aquarium / "train" / "images"], data_yaml=aquarium / "data.yaml",
                           model="yolo11n.yaml", imgsz=64, train={"epochs": 1, "batch": 16},
                           budget={"per_round": 8, "initial": 16}, stopping={"rule": "none"},
-                          strategy={"name": "entropy", "aggregation": "mean_top_n"})
+                          strategy={"name": "detection_and_confusion", "aggregation": "mean_top_n"})
     report = ws.ingest_sources(progress=False)
     assert report.quarantined == []
     counts = ws.store.counts()
@@ -44,7 +44,9 @@ def test_a_round_on_real_photographs(tmp_path, aquarium):
     assert [r.step for r in rounds] == ["done", "done"]
     assert set(rounds[1].per_class_ap50) == set(ws.config.classes)
     picks = ws.store.selection(2)
-    assert len(picks) == 8 and all("entropy" in p["reason"] for p in picks)
+    # a 1-epoch model from YAML sees next to nothing on real photos: the batch covers the pool instead, and says so
+    assert len(picks) == 8 and all("detection_and_confusion" in p["reason"] or "too young" in p["reason"]
+                                   for p in picks)
     # labels came back exactly, whatever the photo's size
     for image, boxes in ws.store.labels("pool"):
         want = read_yolo_label(label_path_for(image.path), 7)

@@ -62,7 +62,7 @@ def workspace(tmp_path) -> Workspace:
     data = generate(tmp_path / "scenes", ScenarioSpec(n_train=30, n_val=6, image_size=64, seed=5))
     ws = Workspace.create(tmp_path / "ws", images=[data.parent / "train" / "images"], data_yaml=data,
                           imgsz=64, budget={"per_round": PER_ROUND, "initial": PER_ROUND},
-                          strategy={"name": "least_confidence"})
+                          strategy={"name": "detection_and_confusion"})
     ws.ingest_sources(progress=False)
     store = ws.store
     pool = store.images(split="pool")
@@ -72,7 +72,7 @@ def workspace(tmp_path) -> Workspace:
         if round_no > 1:
             model_hash = f"model{round_no}"
             n_labeled = store.counts()["pool_labeled"]
-            store.update_round(round_no, step="select", strategy='{"name": "least_confidence"}',
+            store.update_round(round_no, step="select", strategy='{"name": "detection_and_confusion"}',
                                model_path=str(tmp_path / f"r{round_no}.pt"), model_hash=model_hash,
                                n_labeled=n_labeled, map50=maps[round_no], map50_95=maps[round_no] / 2,
                                per_class_ap50={c: round(0.1 * i + maps[round_no] / 3, 3)
@@ -82,7 +82,7 @@ def workspace(tmp_path) -> Workspace:
                 (img.sha256, fake_detections(read_yolo_label(label_path_for(img.path), 6), img.width, img.height,
                                              0.6)) for img in pool])
         batch = pool[(round_no - 1) * PER_ROUND: round_no * PER_ROUND]
-        picks = [(img.id, rank, 1.0 - rank / 10, {"least_confidence": 1.0 - rank / 10, "boxes": 2},
+        picks = [(img.id, rank, 1.0 - rank / 10, {"detection_and_confusion": 1.0 - rank / 10, "boxes": 2},
                   f"pick {rank}: least confident <b>box</b>") for rank, img in enumerate(batch, start=1)]
         store.save_selection(round_no, picks, [], next_step="annotate")
         # round 3's batch is still with the annotators: only half of it is labeled
@@ -197,7 +197,7 @@ def test_report_renders_in_headless_chromium(workspace, tmp_path):
     page = parse(dom)
     assert len(page.tables["per-class-ap"]) == 2
     assert len([img for img in page.imgs if img.get("class") == "thumb"]) == 3 * PER_ROUND
-    assert "Stopping advice" in dom and "Round 3: 6 images selected by least_confidence" in dom
+    assert "Stopping advice" in dom and "Round 3: 6 images selected by detection_and_confusion" in dom
 
     shot = tmp_path / "shot.png"
     chromium([f"--screenshot={shot}", "--window-size=1280,3200", "--hide-scrollbars"], tmp_path, url)

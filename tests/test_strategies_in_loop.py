@@ -8,7 +8,9 @@ round 3's batch with the strategy it checks; committee and consistency run their
 The model is barely trained, so the batches say nothing about quality (benchmarks/bench_first_batch.py does); the
 point here is that every strategy runs in the loop and leaves a complete, explained record. `score.conf` is set very
 low so that such a young model still keeps boxes, which the uncertainty, committee, consistency and class-balance
-terms need to have something to work on.
+terms need to have something to work on, and the strategies count every box (`box_threshold: 0`,
+`min_evidence: 0`): with the defaults such a model sees too little and every uncertainty strategy falls back to
+coverage, which `test_a_model_that_sees_nothing_picks_for_coverage` checks.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from labelwise.synthetic import RARE_CLASSES, ScenarioSpec, generate
 pytestmark = pytest.mark.slow
 
 K = 8  # budget.per_round
-SCHEDULE = [{"rounds": "1-2", "strategy": "entropy"}, {"rounds": "3-", "strategy": "hybrid"}]
+YOUNG = {"box_threshold": 0.0, "min_evidence": 0.0}  # count every box of a barely trained model
+SCHEDULE = [{"rounds": "1-2", "strategy": {"name": "detection_and_confusion", **YOUNG}},
+            {"rounds": "3-", "strategy": {"name": "hybrid", **YOUNG}}]
 
 # What each strategy's reason says (a fill-up pick after near-duplicate suppression says "fill-up" instead).
-REASON = {
-    "random": "random", "least_confidence": "least_confidence ranking", "margin": "margin ranking",
-    "entropy": "entropy ranking", "coreset": "k-center greedy", "hybrid": "hybrid", "uncertainty_then_diverse":
-    "most uncertain", "committee": "query by committee", "consistency": "flip consistency",
+REASON = {name: f"{name} ranking" for name in STRATEGIES} | {
+    "random": "random", "random_dedup": "random without near-duplicates", "coreset": "k-center greedy",
+    "hybrid": "hybrid", "uncertainty_then_diverse": "most uncertain", "committee": "query by committee",
+    "consistency": "flip consistency",
 }
 # Score components each strategy must add to the common ones (uncertainty, rare_weight, n_boxes, score).
 COMPONENTS = {
@@ -46,7 +50,7 @@ COMPONENTS = {
     "committee": {"disagreement"}, "consistency": {"inconsistency"},
 }
 # Cheap committee for the test: two bootstrap members, one epoch each (the default is 3 members).
-STRATEGY_ARG = {"committee": {"name": "committee", "committee_size": 2, "committee_epochs": 1}}
+STRATEGY_ARG = {"committee": {"name": "committee", "committee_size": 2, "committee_epochs": 1, **YOUNG}}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +138,7 @@ def test_every_strategy_selects_explains_and_exports_in_the_loop(ws_copy, name):
     unlabeled = {int(i) for i in ws.store.image_ids("pool", "unlabeled")}
     shas = {ws.store.image(i).sha256 for i in unlabeled}
 
-    rows = ws.select(strategy=STRATEGY_ARG.get(name, name))
+    rows = ws.select(strategy=STRATEGY_ARG.get(name, {"name": name, **YOUNG}))
 
     ids = [r["image_id"] for r in rows]
     assert len(ids) == K and len(set(ids)) == K, "exactly k distinct images"
@@ -199,27 +203,28 @@ def test_every_strategy_selects_explains_and_exports_in_the_loop(ws_copy, name):
 def test_reselecting_returns_the_old_batch_to_the_pool(ws_copy):
     ws = ws_copy()
     first = {r["image_id"] for r in ws.select(strategy="coreset")}
-    second = {r["image_id"] for r in ws.select(strategy="least_confidence")}
+    second = {r["image_id"] for r in ws.select(strategy={"name": "detection_entropy", **YOUNG})}
     counts = ws.store.counts()
     assert counts["pool_selected"] == K
     assert {int(i) for i in ws.store.image_ids("pool", "selected")} == second
     assert len(first | second) > K or first == second
-    assert ws.status().rounds[-1]["strategy"] == "least_confidence"
+    assert ws.status().rounds[-1]["strategy"] == "detection_entropy"
 
 
 def test_schedule_in_labelwise_yaml_is_honoured_by_run(ws_copy, scenes):
     ws = ws_copy()
-    # round 2 was chosen inside `run` by the schedule's entropy; round 1 is the cold-start random batch and says so
-    assert [r["strategy"] for r in ws.status().rounds] == ["random", "entropy", "hybrid"]
+    # round 2 was chosen inside `run` by the schedule's measure; round 1 is the cold-start random batch and says so
+    assert [r["strategy"] for r in ws.status().rounds] == ["random", "detection_and_confusion", "hybrid"]
     assert all("cold start" in r["reason"] for r in ws.store.selection(1))
-    assert all(r["reason"].startswith("entropy ranking") or "fill-up" in r["reason"] for r in ws.store.selection(2))
+    assert all(r["reason"].startswith("detection_and_confusion ranking") or "fill-up" in r["reason"]
+               for r in ws.store.selection(2))
     # round 3 falls under "3-": hybrid, picked by `run` itself
     assert ws.run(oracle=scenes / "train" / "labels", rounds=1) == "1 round(s) done"
     picks = ws.store.selection(3)
     assert len(picks) == K and all(r["outcome"] == "labeled" for r in picks)
     assert all(r["reason"].startswith("hybrid: ") or "fill-up" in r["reason"] for r in picks)
     assert all({"uncertainty_scaled", "diversity"} <= set(r["components"]) for r in picks)
-    assert [r["strategy"] for r in ws.status().rounds] == ["random", "entropy", "hybrid"]
+    assert [r["strategy"] for r in ws.status().rounds] == ["random", "detection_and_confusion", "hybrid"]
 
 
 def test_near_duplicates_are_never_both_picked_and_the_skips_are_listed(ws_copy, scenes):
@@ -232,7 +237,9 @@ def test_near_duplicates_are_never_both_picked_and_the_skips_are_listed(ws_copy,
     # A threshold that half of the images have a neighbour above: the synthetic pool's bursts (consecutive frames
     # of one scene) guarantee that some images are that close, so suppression has work to do.
     threshold = float(np.round(np.median(sims.max(axis=1)), 4))
-    ws = edit_yaml(ws, schedule=[], strategy={"name": "least_confidence", "dedup_threshold": threshold})
+    # the perceptual-hash filter is off here: this test checks the embedding filter and its listing
+    ws = edit_yaml(ws, schedule=[], strategy={"name": "detection_and_confusion", "dedup_threshold": threshold,
+                                              "dedup_hamming": None, **YOUNG})
     k = 24
     rows = ws.select(k=k)
     picked = [r["image_id"] for r in rows]
@@ -260,7 +267,8 @@ def test_near_duplicates_are_never_both_picked_and_the_skips_are_listed(ws_copy,
         assert float(row["cosine_similarity"]) >= threshold - 1e-4
 
     # with suppression off, nothing is listed, and a stale list from the earlier selection is gone
-    ws = edit_yaml(ws, strategy={"name": "least_confidence", "dedup_threshold": None})
+    ws = edit_yaml(ws, strategy={"name": "detection_and_confusion", "dedup_threshold": None, "dedup_hamming": None,
+                                 **YOUNG})
     ws.select(k=k)
     assert ws.store.duplicate_skips(3) == []
     assert not (ws.export() / "duplicates_skipped.csv").exists()
@@ -277,8 +285,8 @@ def test_rare_class_weight_and_quotas_flow_from_labelwise_yaml(ws_copy):
     names = ws.config.classes
     rare = names[RARE_CLASSES[0]]
     quotas = {names[quota_class]: 2} | ({rare: 1} if quota_class != RARE_CLASSES[0] else {})
-    ws = edit_yaml(ws, schedule=[], strategy={"name": "least_confidence", "rare_class_weight": True,
-                                              "class_quotas": quotas})
+    ws = edit_yaml(ws, schedule=[], strategy={"name": "detection_and_confusion", "rare_class_weight": True,
+                                              "class_quotas": quotas, **YOUNG})
     rows = ws.select()
     assert len(rows) == K
     spec = json.loads(ws.store.current_round().strategy)
@@ -301,10 +309,10 @@ def test_rare_class_weight_and_quotas_flow_from_labelwise_yaml(ws_copy):
     assert all("score_rare_weight" in row for row in doc["images"])
 
     # a typo in the strategy section is an error that names the key, not a silent default
-    ws = edit_yaml(ws, strategy={"name": "least_confidence", "dedup_treshold": 0.9})
+    ws = edit_yaml(ws, strategy={"name": "detection_and_confusion", "dedup_treshold": 0.9})
     with pytest.raises(ConfigError, match="dedup_treshold"):
         ws.select()
-    ws = edit_yaml(ws, strategy={"name": "least_confidence", "class_quotas": {"unicorn": 1}})
+    ws = edit_yaml(ws, strategy={"name": "detection_and_confusion", "class_quotas": {"unicorn": 1}})
     with pytest.raises(ConfigError, match="unicorn"):
         ws.select()
 
@@ -318,13 +326,32 @@ def test_cli_select_with_strategy(ws_copy):
     root = ws.root
     ws.store.close()
     runner = CliRunner()
-    result = runner.invoke(app, ["select", "-w", str(root), "--strategy", "margin"])
+    result = runner.invoke(app, ["select", "-w", str(root), "--strategy", "softmax_margin"])
     assert result.exit_code == 0, result.output
     assert f"selected {K} images" in result.output
     ws = ws_copy()
     rows = ws.store.selection(3)
-    assert len(rows) == K and all(r["reason"].startswith("margin ranking") or "fill-up" in r["reason"] for r in rows)
-    assert ws.status().rounds[-1]["strategy"] == "margin"
+    # with the default box threshold this young model sees too little, and says so in every reason
+    assert len(rows) == K and all("too young to rank by uncertainty" in r["reason"] for r in rows)
+    assert ws.status().rounds[-1]["strategy"] == "softmax_margin"
     ws.store.close()
     bad = runner.invoke(app, ["select", "-w", str(root), "--strategy", "guesswork"])
     assert bad.exit_code == 2 and "guesswork" in bad.output
+
+
+def test_a_model_that_sees_nothing_picks_for_coverage(ws_copy):
+    ws = ws_copy()
+    current = ws.store.current_round()
+    pool = ws.store.scored_pool(ws.store.image_ids("pool", "unlabeled"), current.model_hash, 64, n_classes=6)
+    from labelwise.uncertainty import evidence_share
+
+    assert evidence_share(pool, 0.1) < 0.5  # the premise: a 1-epoch model keeps almost nothing at 0.1
+    rows = ws.select(strategy={"name": "hybrid"})
+    assert len(rows) == K
+    assert all("too young to rank by uncertainty" in r["reason"] and "k-center greedy" in r["reason"] for r in rows)
+
+
+def test_old_strategy_names_are_refused_with_the_new_ones(ws_copy):
+    ws = ws_copy()
+    with pytest.raises(ValueError, match="softmax_entropy"):
+        ws.select(strategy="entropy")

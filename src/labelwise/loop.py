@@ -504,11 +504,16 @@ class Workspace:
             if budget.total is not None:
                 k = min(k, max(0, budget.total - self.store.counts()["pool_labeled"]))
         known = {f.name for f in dataclasses.fields(StrategyConfig)}
-        strategy_config = StrategyConfig.from_dict(
-            {key: v for key, v in spec.items() if key in known} | {"seed": self.config.seed + round_no})
+        try:
+            strategy_config = StrategyConfig.from_dict(
+                {key: v for key, v in spec.items() if key in known} | {"seed": self.config.seed + round_no})
+        except ValueError as exc:  # a bad name or value in labelwise.yaml: the user's words, not a traceback
+            raise ConfigError(f"{self.root / 'labelwise.yaml'}: {exc}") from None
         self._backfill_hashes()
         labeled_all = self.store.image_ids("pool", "labeled")
-        hash_ids = labeled_all  # "labeled hash #J" in a selection's skips is image hash_ids[J]
+        # "labeled hash #J" in a selection's skips is image hash_ids[J]; a labeled file that could not be hashed
+        # (unreadable since it was labeled; quarantined by the backfill) is left out
+        hash_ids = self.store.ids_with_hashes(labeled_all)
         start = None if current.model_hash else self._cold_start_weights(strategy_config.cold_start)
         if not current.model_hash and start is None:  # nothing to embed with: only chance can choose
             spec = {"name": "random", "cold_start": "random"}  # what the rounds table should say this round used

@@ -237,6 +237,7 @@ class _Batch:
         self._hash_done.add(row)
         of, dist = nearest_hash_duplicate(self.hashes, self.hashes[row:row + 1], self.max_hamming)
         near = np.flatnonzero((of >= 0) & ~self.excluded)
+        near = near[near != row]  # the representative itself stays a candidate (the cold start keeps it)
         for r in near:
             self.skip(int(r), f"hash of pool row {row}", float(dist[r]))
 
@@ -607,11 +608,16 @@ def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
     batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold, hashes=pool.hashes,
                    lab_hashes=labeled.hashes, max_hamming=config.dedup_hamming)
     if config.cold_start == "kcenter":
-        for r, _value, dist in batch.greedy(np.arange(n), k, np.zeros(n), np.ones(n), np.sqrt, None):
-            why = ("cold start, k-center greedy: first centre, the image nearest the pool's mean embedding"
-                   if not np.isfinite(dist) else
-                   f"cold start, k-center greedy: farthest from every labeled and picked image (distance {dist:.3f})")
-            batch.add(r, dist if np.isfinite(dist) else 0.0, {"distance": dist if np.isfinite(dist) else 0.0}, why)
+        # again while short: a pick that is a hash near-duplicate of an earlier pick of the same greedy run is dropped
+        while len(batch.rows) < k:
+            picks = batch.greedy(np.arange(n), k - len(batch.rows), np.zeros(n), np.ones(n), np.sqrt, None)
+            if not picks:
+                break
+            for r, _value, dist in picks:
+                why = ("cold start, k-center greedy: first centre, the image nearest the pool's mean embedding"
+                       if not np.isfinite(dist) else "cold start, k-center greedy: farthest from every labeled and "
+                       f"picked image (distance {dist:.3f})")
+                batch.add(r, dist if np.isfinite(dist) else 0.0, {"distance": dist if np.isfinite(dist) else 0.0}, why)
     else:
         for r in batch.ranked(np.zeros(n)):  # one representative per near-duplicate group, in tie order
             if not batch.excluded[r]:

@@ -261,6 +261,12 @@ class Store:
         rows = self.conn.execute("SELECT id, path FROM images WHERE phash IS NULL OR dhash IS NULL ORDER BY id")
         return [(int(r[0]), Path(r[1])) for r in rows]
 
+    def ids_with_hashes(self, image_ids: np.ndarray) -> np.ndarray:
+        """`image_ids` without those that have no perceptual hashes, order kept."""
+        missing = {image_id for image_id, _ in self.images_without_hashes()}
+        ids = np.asarray(image_ids, dtype=np.int64)
+        return ids[[int(i) not in missing for i in ids]] if missing else ids
+
     def set_image_hashes(self, hashes: Iterable[tuple[int, int, int]]) -> None:
         """Store (image_id, phash, dhash) triples, the hashes as unsigned 64-bit integers, in one transaction."""
         with self.transaction() as c:
