@@ -99,7 +99,7 @@ def main() -> None:
 
     variants: list[tuple[str, str | dict]] = [(name, name) for name in STRATEGIES]
     variants += [
-        ("entropy + rare_class_weight", {"name": "entropy", "rare_class_weight": True}),
+        ("detection_and_confusion + rare_class_weight", {"name": "detection_and_confusion", "rare_class_weight": True}),
         ("hybrid + rare weight + quotas {ring: 2, diamond: 2}",
          {"name": "hybrid", "rare_class_weight": True, "class_quotas": {4: 2, 5: 2}}),
     ]

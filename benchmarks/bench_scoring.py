@@ -194,7 +194,7 @@ def memory_child(pool_dirs: list[Path], checkpoint: Path, imgsz: int, work: Path
     add_s = time.perf_counter() - t
     ws.store.start_round(1, "score")
     ws.store.update_round(1, model_path=str(checkpoint), model_hash=sha256_file(checkpoint)[:16],
-                          strategy=json.dumps({"name": "least_confidence"}))
+                          strategy=json.dumps({"name": "detection_and_confusion"}))
     import torch  # noqa: F401  (imported before the baseline so the baseline holds the libraries)
     import ultralytics  # noqa: F401
 

@@ -11,7 +11,7 @@ precede the current round 4, which stands at step `select` with its model hash, 
 
 Timed, each on a fresh `Workspace` object (so opening the store is included):
 - `Workspace.status()` at step select, and the `labelwise status` CLI in a subprocess (interpreter start included);
-- `Workspace.select(k, strategy='least_confidence')` for k = 50 (budget.per_round) and k = 8,000 (10% of the pool),
+- `Workspace.select(k, strategy='detection_and_confusion')` for k = 50 (budget.per_round) and k = 8,000 (10% of the pool),
   and `strategy='random'` k = 50; the `labelwise select` CLI in a subprocess;
 - `Workspace.status()` and `labelwise status` again at step annotate, after the 8,000-image batch was selected.
 Every call is repeated (`--repeat`, default 3) and the median is reported; re-selecting is allowed by the loop while
@@ -175,12 +175,12 @@ def run(n_images: int = 80_000, repeat: int = 3, keep: Path | None = None) -> di
         assert s.step == "select" and s.counts["pool_unlabeled"] == n_images - 2_000, s
         record("labelwise status (CLI subprocess) [step select]", lambda: cli(root, "status"))
         big = min(8_000, n_images - 2_000)
-        for k, strategy in ((50, "least_confidence"), (50, "random"), (big, "least_confidence")):
+        for k, strategy in ((50, "detection_and_confusion"), (50, "random"), (big, "detection_and_confusion")):
             picked = record(f"Workspace.select(k={k}, strategy='{strategy}')",
                             lambda k=k, strategy=strategy: Workspace(root).select(k=k, strategy=strategy))
             assert len(picked) == k, len(picked)
-        record(f"labelwise select --k {big} --strategy least_confidence (CLI)",
-               lambda: cli(root, "select", "--k", str(big), "--strategy", "least_confidence"))
+        record(f"labelwise select --k {big} --strategy detection_and_confusion (CLI)",
+               lambda: cli(root, "select", "--k", str(big), "--strategy", "detection_and_confusion"))
         s = record(f"Workspace.status() [step annotate, {big:,} selected]", lambda: Workspace(root).status())
         assert s.step == "annotate" and s.counts["pool_selected"] == big, s.counts
         record("labelwise status (CLI subprocess) [step annotate]", lambda: cli(root, "status"))
