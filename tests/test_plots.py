@@ -58,6 +58,23 @@ def test_learning_curves_custom_size_single_seed_and_std_band(tmp_path):
         learning_curves(CURVES, tmp_path / "bad.png", band="quartiles")
 
 
+def test_learning_curves_draw_the_full_pool_reference_line(tmp_path):
+    # 0.7 is above every curve: the line must widen the y range to stay in view
+    reddish = lambda p: int(((p[..., 0] > 170) & (p[..., 1] < 130) & (p[..., 2] < 130)).sum())  # noqa: E731
+    without = open_rgb(learning_curves(CURVES, tmp_path / "a.png"))
+    with_line = open_rgb(learning_curves(CURVES, tmp_path / "b.png", reference=0.7))
+    assert reddish(without) < 20 and reddish(with_line) > 300
+
+
+def test_learning_curves_default_band_is_the_confidence_interval_of_the_mean(tmp_path):
+    # two seeds: the 95% t interval (t = 12.7 with one degree of freedom) is far wider than the min-max band, so the
+    # shaded (light) area grows
+    ci = open_rgb(learning_curves(CURVES, tmp_path / "ci.png", title=None))
+    minmax = open_rgb(learning_curves(CURVES, tmp_path / "mm.png", band="minmax", title=None))
+    light_blue = lambda p: int(((p[..., 2] > 200) & (p[..., 0] < 235) & (p[..., 0] > 150)).sum())  # noqa: E731
+    assert light_blue(ci) > 1.5 * light_blue(minmax)
+
+
 def test_learning_curves_overwrites_an_existing_file(tmp_path):
     out = tmp_path / "lc.png"
     out.write_bytes(b"old")

@@ -267,10 +267,12 @@ def simulate(
     data: Annotated[Path, typer.Option("--data", help="The labeled dataset's data.yaml (train = pool, val = eval).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder; a rerun resumes what is there.")] = Path(
         "simulation"),
-    strategies: Annotated[str, typer.Option(help="Strategies to compare, comma separated.")] = "random,entropy",
+    strategies: Annotated[str, typer.Option(help="Strategies to compare, comma separated: strategy names, preset "
+                                                 "names (e.g. default, article) or labels from --variants.")
+                          ] = "random,default",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1); each gives every strategy the same "
                                             "initial set.")] = 3,
-    initial: Annotated[int, typer.Option(help="Size of the random initial labeled set.")] = 50,
+    initial: Annotated[int, typer.Option(help="Size of the initial labeled set.")] = 50,
     per_round: Annotated[int, typer.Option(help="Images labeled per round after the initial set.")] = 50,
     rounds: Annotated[Optional[int], typer.Option(help="Labeled batches, the initial one included.")] = None,
     budget: Annotated[Optional[int], typer.Option(help="Final labeled images (instead of --rounds).")] = None,
@@ -280,15 +282,25 @@ def simulate(
     batch: Annotated[int, typer.Option(help="Training batch size.")] = 16,
     train_arg: Annotated[Optional[list[str]], typer.Option(
         "--train-arg", help="Extra Ultralytics train argument KEY=VALUE (repeatable), e.g. freeze=10.")] = None,
+    variants: Annotated[Optional[Path], typer.Option(
+        help="YAML file: label -> strategy mapping (may start from `preset: NAME`), for ablations; all run.")] = None,
+    cold_start: Annotated[str, typer.Option(
+        help="How every strategy's initial set is chosen: typical | kcenter | random (shared by a seed's "
+             "strategies).")] = "random",
+    full_pool: Annotated[bool, typer.Option(
+        "--full-pool", help="Also train once on the whole labeled pool: the reference for 'labels to 90%/95%'.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Replay a labeled dataset with its ground truth as the annotators and compare strategies against random."""
-    from labelwise.simulate import parse_train_args
+    from labelwise.simulate import parse_train_args, read_variants
     from labelwise.simulate import simulate as run_simulation
 
-    result = run_simulation(data, out_dir, [s for s in strategies.split(",")], seeds, initial=initial,
-                      per_round=per_round, rounds=rounds, budget=budget, epochs=epochs, imgsz=imgsz, model=model,
-                      batch=batch, train_args=parse_train_args(train_arg or []), progress=not quiet)
+    result = run_simulation(data, out_dir, strategies.split(","), seeds, initial=initial, per_round=per_round,
+                            rounds=rounds, budget=budget, epochs=epochs, imgsz=imgsz, model=model, batch=batch,
+                            train_args=parse_train_args(train_arg or []),
+                            variants=read_variants(variants) if variants else None, cold_start=cold_start,
+                            full_pool=full_pool, progress=not quiet)
     out.print(result.files["summary"].read_text(), highlight=False, markup=False)
     out.print(f"outputs in {result.out_dir}: " + ", ".join(p.name for p in result.files.values()), highlight=False)
 

@@ -28,6 +28,9 @@ RARE_FRACTION = 0.1
 (on the aquarium photographs: puffin, stingray and starfish against fish)."""
 
 _RARE_COLOUR = "#c0392b"
+_REFERENCE_COLOUR = "#d62728"
+_BANDS = {"ci": "band: 95% CI of the mean over seeds", "minmax": "band: min-max over seeds",
+          "std": "band: mean ± 1 sd over seeds"}
 
 
 def _save(fig: Figure, out: Path, dpi: int) -> Path:
@@ -63,7 +66,9 @@ def learning_curves(
     target: float | None = None,
     *,
     stopping_marks: Mapping[str, float] | None = None,
-    band: str = "minmax",
+    reference: float | None = None,
+    reference_label: str = "full pool",
+    band: str = "ci",
     title: str | None = "Learning curves",
     ylabel: str = "mAP50",
     xlabel: str = "labeled images",
@@ -73,16 +78,21 @@ def learning_curves(
     """mAP50 against labeled images: one line per strategy, the mean over seeds with a band, written to `out`.
 
     curves: strategy -> one (labeled_counts, map50) per seed. Seeds are aligned by round (`savings.mean_curve`):
-        line = mean_r, band = [min_r, max_r] over seeds (`band="minmax"`) or mean_r ± std_r (`band="std"`).
+        line = mean_r, band = the 95% Student-t interval of the mean over seeds (`band="ci"`, the default),
+        [min_r, max_r] over seeds (`band="minmax"`) or mean_r ± std_r (`band="std"`). The legend names the band;
+        a strategy with a single seed has none.
     target: a horizontal line, e.g. random's final mAP50 (the level `label_saving` measures labels to).
+    reference: another horizontal line, e.g. the mAP50 of a model trained on the whole pool, labelled
+        `reference_label`.
     stopping_marks: label -> labeled count, drawn as vertical dotted lines (e.g. where each stopping rule stopped).
     Returns `out`; the PNG is figsize × dpi pixels.
     """
-    if band not in ("minmax", "std"):
-        raise ValueError(f"band must be 'minmax' or 'std', got {band!r}")
+    if band not in _BANDS:
+        raise ValueError(f"band must be one of {', '.join(_BANDS)}, got {band!r}")
     fig = Figure(figsize=figsize, dpi=dpi)
     ax = fig.add_subplot(1, 1, 1)
     styles = _strategy_styles(list(curves))
+    banded = False
     for strategy, seeds in curves.items():
         if len(seeds) == 0:
             continue
@@ -90,24 +100,41 @@ def learning_curves(
         style = styles[strategy]
         label = strategy if summary.n_seeds == 1 else f"{strategy} (n={summary.n_seeds})"
         ax.plot(summary.labeled_counts, summary.mean, marker="o", markersize=3, label=label, **style)
-        low, high = (summary.low, summary.high) if band == "minmax" else (
-            summary.mean - summary.std, summary.mean + summary.std)
+        if band == "ci":
+            low, high = summary.ci_low, summary.ci_high
+        elif band == "minmax":
+            low, high = summary.low, summary.high
+        else:
+            low, high = summary.mean - summary.std, summary.mean + summary.std
         if summary.n_seeds > 1:
             ax.fill_between(summary.labeled_counts, low, high, color=style["color"], alpha=0.18, linewidth=0)
+            banded = True
     if target is not None and math.isfinite(target):
         ax.axhline(target, color="black", linewidth=0.8, linestyle=":", label=f"target {target:.3f}")
+    if reference is not None and math.isfinite(reference):
+        ax.axhline(reference, color=_REFERENCE_COLOUR, linewidth=1.2, linestyle="-.",
+                   label=f"{reference_label} {reference:.3f}")
     for name, labels in (stopping_marks or {}).items():
         ax.axvline(labels, color="#7f7f7f", linewidth=0.8, linestyle=(0, (1, 2)))
         # Text in axes-fraction y so the mark's name stays inside the plot whatever the mAP range.
         ax.text(labels, 0.02, f" {name}", rotation=90, va="bottom", ha="right", fontsize=7, color="#555555",
                 transform=ax.get_xaxis_transform())
+    levels = [v for v in (target, reference) if v is not None and math.isfinite(v)]
+    if levels:  # horizontal lines do not widen the y range: keep them in view
+        low, high = ax.get_ylim()
+        margin = 0.05 * max(high - low, 1e-3)
+        ax.set_ylim(min(low, min(levels) - margin), max(high, max(levels) + margin))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(facecolor="#7f7f7f", alpha=0.3, label=_BANDS[band]))
+        labels.append(_BANDS[band])
+    if handles:
+        ax.legend(handles, labels, loc="lower right", fontsize=8)
     fig.tight_layout()  # arranges inside the fixed canvas; unlike bbox_inches="tight" it keeps the pixel size
     return _save(fig, out, dpi)
 

@@ -16,11 +16,22 @@ budget has an mAP50. The learning curve therefore has R points, at
     n = initial, initial + per_round, ..., initial + (R - 1) * per_round   (capped by `budget` when given).
 `budget` B instead of `rounds`: R = 1 + ceil((B - initial) / per_round), and the last batch is cut to reach B.
 
+Strategies, presets and variants
+--------------------------------
+Each entry of `strategies` is a label: a plain strategy name (`labelwise.selection.STRATEGIES`, written as
+`{"name": ...}`), a preset name (`labelwise.presets.PRESETS`, its whole mapping), or a label of `variants`, a
+mapping label -> strategy mapping for ablations (a variant may start from a preset with `preset: default` and
+override keys, e.g. `{preset: default, dedup_hamming: null}`); every variant is run, listed or not. The resolved
+mapping is written as the `strategy:` section of each workspace's labelwise.yaml and recorded in simulation.json;
+the label names the folders, the table rows and the plot lines.
+
 Fairness
 --------
 - Every strategy of a seed starts from the same initial set: the cold-start batch depends only on the workspace
-  seed (= the simulation seed) and the order of image ids, and every workspace registers the same files in the
-  same sorted order. The simulation checks this after round 1 and stops with an error if it ever differs.
+  seed (= the simulation seed), the simulation's `cold_start` (written into EVERY workspace's strategy mapping,
+  overriding a preset's own value) and the order of image ids, and every workspace registers the same files in
+  the same sorted order. The simulation checks this after round 1 and stops with an error if it ever differs.
+- Plain `random` is pure chance: no near-duplicate filter (dedup_threshold and dedup_hamming off).
 - Evaluation is on the dataset's `val:` split, registered as the workspaces' fixed validation split; it never
   enters the pool.
 
@@ -33,12 +44,26 @@ OUT/simulation.json).
 
 Outputs (OUT/)
 --------------
-results.csv, results.json   one row per strategy, seed and curve point (see `PointRow`)
-learning_curves.png        mAP50 against labeled images, mean and min-max band over seeds, one line per strategy
+results.csv, results.json   one row per strategy, seed and curve point (see `PointRow`); the json adds the summary
+learning_curves.png        mAP50 against labeled images, mean and 95% CI band of the mean over seeds, one line per
+                           strategy, the full-pool mAP50 as a reference line when known
 rare_class_ap.png          AP50 per class at the final budget (mean over seeds), rare classes highlighted
-summary.md                 per strategy: labels to reach random's final mAP50 and the saving, area under the curve,
-                           AP50 of the rare classes at the final budget, hard/rare picks against random, and where
-                           each stopping rule would have stopped and the mAP50 it gave up
+summary.md                 per strategy: labels to reach random's final mAP50 and the saving (on the mean curve, and
+                           paired seed by seed with its mean and 95% CI), area under the curve and its paired
+                           difference to random with CIs, labels to reach 90% / 95% of the full-pool mAP50, AP50 of
+                           the rare classes, hard/rare picks against random, boxes picked per class, a per-seed
+                           table (random's own values included), and where each stopping rule would have stopped
+full_pool/                 with `full_pool`: one workspace trained ONCE on the whole labeled pool (same model,
+                           imgsz, epochs, batch and train_args; seed 0), the reference mAP50; resumable
+
+Statistics (`labelwise.savings`): savings and areas are paired seed by seed (strategy seed s against random seed s:
+same initial set, same val split); means come with Student-t 95% intervals over seeds, none with a single seed. A
+seed that never reaches random's final mAP50 is censored at its final budget plus one round, flagged, and counted
+in the mean (`savings.compare_seeds`).
+
+Rare images: on the synthetic data scenarios.csv says which images are rare; otherwise an image is rare when at
+least `RARE_IMAGE_SHARE` (half) of its boxes belong to rare classes, so that dense images with one stray rare box
+do not all count as rare.
 """
 
 from __future__ import annotations
@@ -46,7 +71,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import dataclasses
 import math
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -65,11 +92,27 @@ from labelwise.progress import console
 SIMULATION_FILE = "simulation.json"
 KV_NAMESPACE = "simulate"
 
-KNOWN_STRATEGIES = ("random", "least_confidence", "margin", "entropy", "coreset", "hybrid",
-                    "uncertainty_then_diverse", "committee", "consistency")
+FULL_POOL_DIR = "full_pool"
+COLD_STARTS = ("typical", "kcenter", "random")
+FULL_POOL_FRACTIONS = (0.9, 0.95)
+"""The summary reports the labels each strategy needs to reach these fractions of the full-pool mAP50."""
+
+RARE_IMAGE_SHARE = 0.5
+"""Without scenarios.csv, an image is rare when rare classes hold at least this share of its boxes (an image with
+no box is not rare). "Holds any rare box" called nearly every image of a dense dataset rare; at 0.5 the rare
+objects are (at least) half of what the image shows."""
 
 # Settings that change what a finished round means: a rerun into the same folder must not change them.
-_FIXED_SETTINGS = ("data_yaml", "initial", "per_round", "epochs", "imgsz", "model", "batch", "train_args")
+_FIXED_SETTINGS = ("data_yaml", "initial", "per_round", "epochs", "imgsz", "model", "batch", "train_args",
+                   "cold_start")
+# What a record written before a setting existed meant by it.
+_SETTING_DEFAULTS: dict[str, Any] = {"cold_start": "random"}
+# Strategy keys the simulation writes that an older `selection.StrategyConfig` may not know yet; at these values
+# they mean what the loop did before the key existed, so they are left out there instead of failing.
+_NEUTRAL_IF_UNKNOWN: dict[str, Any] = {"cold_start": "random", "dedup_hamming": None}
+# Strategy keys the loop reads itself (not `StrategyConfig` fields).
+_LOOP_KEYS = ("committee_size", "committee_epochs")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class SimulationError(RuntimeError):
@@ -90,6 +133,9 @@ class SimulationSettings:
     model: str
     batch: int
     train_args: dict[str, Any] = field(default_factory=dict)
+    strategy_mappings: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> resolved mapping
+    cold_start: str = "random"
+    full_pool: bool = False
 
     def final_labels(self) -> int:
         n = self.initial + (self.rounds - 1) * self.per_round
@@ -102,9 +148,10 @@ class PointRow:
 
     point: 0 for the model trained on the initial set, then one per added batch. round: the workspace round whose
     model this is. boxes_labeled: label boxes in the labeled pool (the real annotation cost). batch_*: the batch
-    labeled just before this training (point 0: the random initial batch). hard/rare counts are None when the
-    dataset records no scenarios (rare then falls back to "holds a box of a rare class"). wall_seconds: the
-    workspace round's wall time in the process that ran it (train, score, select, oracle import).
+    labeled just before this training (point 0: the random initial batch). hard counts are None when the
+    dataset records no scenarios (rare then means: rare classes hold at least `RARE_IMAGE_SHARE` of the image's
+    boxes). wall_seconds: the workspace round's wall time in the process that ran it (train, score, select, oracle
+    import). batch_class_boxes: boxes per class in that batch.
     """
 
     strategy: str
@@ -126,6 +173,7 @@ class PointRow:
     score_seconds: float | None
     wall_seconds: float | None
     per_class_ap50: dict[str, float]
+    batch_class_boxes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,7 +271,8 @@ def _inspect_dataset(data_yaml: Path, out_dir: Path) -> _Dataset:
         rare_source = "the synthetic dataset's rare classes"
     else:
         rare = rare_classes_from_counts(counts)
-        rare_source = "classes with at most 10% of the commonest class's boxes in the pool"
+        rare_source = (f"classes with at most 10% of the commonest class's boxes in the pool; a rare image: rare "
+                       f"classes hold at least {RARE_IMAGE_SHARE:.0%} of its boxes")
     return _Dataset(data_yaml, classes, train_dir, val_dir, images, oracle, scenarios, counts, rare, rare_source)
 
 
@@ -243,26 +292,105 @@ def _check_or_save_settings(out_dir: Path, settings: SimulationSettings) -> None
         except ValueError as exc:
             raise SimulationError(f"{path} is not valid JSON ({exc}); remove it only if the runs under "
                                   f"{out_dir / 'runs'} should be discarded") from None
-        changed = [k for k in _FIXED_SETTINGS if old.get(k) != record[k]]
+        changed = [k for k in _FIXED_SETTINGS if old.get(k, _SETTING_DEFAULTS.get(k)) != record[k]]
         if changed:
-            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {record[k]!r}" for k in changed)
+            diffs = "; ".join(f"{k}: {old.get(k, _SETTING_DEFAULTS.get(k))!r} -> {record[k]!r}" for k in changed)
             raise SimulationError(f"{out_dir} holds a simulation with other settings ({diffs}). Resume it with the "
                                   "same settings, or give another --out folder.")
+        old_mappings = old.get("strategy_mappings") or {}
+        for label, mapping in record["strategy_mappings"].items():
+            if label in old_mappings and old_mappings[label] != mapping:
+                before = old_mappings[label]
+                keys = sorted(k for k in set(before) | set(mapping) if before.get(k, "<unset>") != mapping.get(k,
+                                                                                                          "<unset>"))
+                diffs = "; ".join(f"{k}: {before.get(k, '<unset>')!r} -> {mapping.get(k, '<unset>')!r}" for k in keys)
+                raise SimulationError(f"{out_dir}: strategy '{label}' now resolves to another mapping than its "
+                                      f"finished runs used ({diffs}); a preset or variant changed. Give the new "
+                                      "mapping another label (--variants), or another --out folder.")
         # strategies and seeds accumulate, so that a later run can add some without losing the earlier ones
         record["strategies"] = list(dict.fromkeys(old.get("strategies", []) + record["strategies"]))
+        record["strategy_mappings"] = {**old_mappings, **record["strategy_mappings"]}
         record["seeds"] = sorted(set(old.get("seeds", [])) | set(record["seeds"]))
+        record["full_pool"] = bool(old.get("full_pool")) or record["full_pool"]
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def resolve_strategies(labels: Sequence[str], variants: dict[str, dict[str, Any]] | None = None,
+                       cold_start: str = "random") -> dict[str, dict[str, Any]]:
+    """label -> the strategy mapping its workspaces get, in run order (the labels, then unlisted variants).
+
+    A label is a variant (from `variants`), a preset (`presets.PRESETS`) or a plain strategy name
+    (`selection.STRATEGIES`), in that order of precedence. A variant's mapping may name `preset:` to start from;
+    it must end up with a `name`. Every mapping gets `cold_start` (the simulation's, overriding a preset's, so that
+    all strategies of a seed share the initial set); a `random` mapping gets no near-duplicate filter unless it
+    sets one itself. Raises SimulationError for an unknown label, a bad label (it names folders) or a mapping
+    `selection.StrategyConfig` rejects.
+    """
+    from labelwise.presets import PRESETS, resolve
+    from labelwise.selection import STRATEGIES, StrategyConfig
+
+    if cold_start not in COLD_STARTS:
+        raise SimulationError(f"unknown cold start {cold_start!r}; expected one of {', '.join(COLD_STARTS)}")
+    variants = dict(variants or {})
+    known_keys = {f.name for f in dataclasses.fields(StrategyConfig)}
+    out: dict[str, dict[str, Any]] = {}
+    for label in dict.fromkeys([*labels, *variants]):
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise SimulationError(f"strategy label {label!r} must be letters, digits, '_', '-', '.' or '+' (it "
+                                  "names a folder)")
+        if label in variants:
+            spec = variants[label]
+            if not isinstance(spec, dict):
+                raise SimulationError(f"variant '{label}' must be a strategy mapping, got {type(spec).__name__}")
+            spec = dict(spec)
+            base = spec.pop("preset", None)
+            if base is not None:
+                if base not in PRESETS:
+                    raise SimulationError(f"variant '{label}': unknown preset {base!r}; presets: "
+                                          f"{', '.join(PRESETS)}")
+                spec = {**resolve(base), **spec}
+            if "name" not in spec:
+                raise SimulationError(f"variant '{label}' names no strategy: give `name:` or `preset:`")
+        elif label in PRESETS:
+            spec = resolve(label)
+        elif label in STRATEGIES:
+            spec = {"name": label}
+        else:
+            raise SimulationError(f"unknown strategy {label}; known: {', '.join(STRATEGIES)}; presets: "
+                                  f"{', '.join(PRESETS)}; or define it in a variants file")
+        if spec.get("name") not in STRATEGIES:
+            raise SimulationError(f"strategy '{label}': unknown name {spec.get('name')!r}; known: "
+                                  f"{', '.join(STRATEGIES)}")
+        spec["cold_start"] = cold_start
+        if spec["name"] == "random":
+            # random is the baseline: pure chance, without the near-duplicate filters the other strategies apply
+            spec.setdefault("dedup_threshold", None)
+            spec.setdefault("dedup_hamming", None)
+        for key, neutral in _NEUTRAL_IF_UNKNOWN.items():
+            if key in spec and key not in known_keys:
+                if spec[key] != neutral:
+                    raise SimulationError(f"strategy '{label}': {key}={spec[key]!r}, but this labelwise's selection "
+                                          f"has no `{key}` setting")
+                del spec[key]
+        try:
+            StrategyConfig.from_dict({k: v for k, v in spec.items() if k not in (*_LOOP_KEYS, "class_quotas")})
+        except (TypeError, ValueError) as exc:
+            raise SimulationError(f"strategy '{label}': {exc}") from None
+        out[label] = spec
+    return out
 
 
 def _workspace_settings(settings: SimulationSettings, strategy: str, seed: int, budget_total: int) -> dict[str, Any]:
     train: dict[str, Any] = {"epochs": settings.epochs, "batch": settings.batch}
     if settings.train_args:
         train["extra"] = dict(settings.train_args)
+    mapping = settings.strategy_mappings.get(strategy)
+    if mapping is None:
+        mapping = resolve_strategies([strategy], cold_start=settings.cold_start)[strategy]
     return dict(
         model=settings.model, imgsz=settings.imgsz, seed=seed, train=train,
         budget={"per_round": settings.per_round, "initial": settings.initial, "total": budget_total},
-        # random is the baseline: pure chance, without the near-duplicate filter the other strategies apply
-        strategy={"name": strategy, **({"dedup_threshold": None} if strategy == "random" else {})},
+        strategy=dict(mapping),
         # the simulation decides when to stop (rounds/budget); the rules are replayed afterwards, not obeyed
         stopping={"rule": "none"},
     )
@@ -291,6 +419,56 @@ def _open_workspace(root: Path, dataset: _Dataset, settings: SimulationSettings,
     if counts["val_labeled"] == 0:
         raise SimulationError(f"no labeled validation image was registered from {dataset.val_dir}")
     return ws
+
+
+# -- the full-pool reference ----------------------------------------------------------------------------------------
+
+
+def _full_pool(out_dir: Path, dataset: _Dataset, settings: SimulationSettings, train: bool) -> dict[str, Any] | None:
+    """The model trained ONCE on the whole labeled pool (same model, imgsz, epochs, batch, train_args; seed 0),
+    under OUT/full_pool/: its mAP50, the reference the summary measures "labels to 90% / 95% of it" against.
+
+    Resumable: a finished training is read back, never redone; a killed one restarts. With train=False only a
+    finished one is read (None otherwise). Note that the strategies' models are warm-started round after round,
+    while this one trains `epochs` epochs from the start model, on many more images per epoch.
+    """
+    from labelwise.loop import Workspace
+
+    root = out_dir / FULL_POOL_DIR
+    if not (root / "labelwise.yaml").exists():
+        if not train:
+            return None
+        ws = Workspace.create(root, images=[dataset.train_dir], labeled=[dataset.train_dir],
+                              data_yaml=dataset.data_yaml,
+                              **_workspace_settings(settings, "random", 0, len(dataset.images)))
+    else:
+        ws = Workspace(root)
+    try:
+        done = [r for r in ws.store.rounds() if r.map50 is not None]
+        if not done:
+            if not train:
+                return None
+            ws.ingest_sources(progress=False)
+            # YOLO convention, as for the strategies' oracle: an image without a label file shows no object
+            for image in ws.store.images("pool", "unlabeled"):
+                ws.store.put_label(image.id, [], round_no=None, source="oracle")
+            counts = ws.store.counts()
+            if counts["val_labeled"] == 0:
+                raise SimulationError(f"no labeled validation image was registered from {dataset.val_dir}")
+            console.print(f"simulate full pool: training once on {counts['pool_labeled']} labeled images",
+                          highlight=False)
+            try:
+                ws.train()
+            except Exception as exc:
+                raise SimulationError(f"the full-pool training (workspace {root}) failed: "
+                                      f"{exc.__class__.__name__}: {exc}") from exc
+            done = [r for r in ws.store.rounds() if r.map50 is not None]
+        r = done[0]
+        return {"map50": float(r.map50), "map50_95": None if r.map50_95 is None else float(r.map50_95),
+                "n_labeled": int(r.n_labeled or 0), "epochs": ws.config.train.epochs,
+                "train_seconds": r.train_seconds, "per_class_ap50": dict(r.per_class_ap50 or {})}
+    finally:
+        ws.store.close()
 
 
 # -- running one workspace ------------------------------------------------------------------------------------------
@@ -383,15 +561,22 @@ class _Eta:
 # -- measuring a workspace ------------------------------------------------------------------------------------------
 
 
+def is_rare_image(class_ids: Sequence[int], rare_ids: set[int], share: float = RARE_IMAGE_SHARE) -> bool:
+    """An image is rare when rare classes hold at least `share` of its boxes:
+    |{b : class(b) in rare}| / |boxes| >= share; an image without boxes is not rare."""
+    ids = list(class_ids)
+    return bool(ids) and sum(int(c) in rare_ids for c in ids) >= share * len(ids)
+
+
 def _image_flags(dataset: _Dataset, path: Path, boxes: Sequence[Sequence[float]]) -> tuple[bool | None, bool]:
-    """(hard, rare) of one labeled image: from scenarios.csv when the dataset has it, else rare = holds a box of a
-    rare class and hard unknown."""
+    """(hard, rare) of one labeled image: from scenarios.csv when the dataset has it, else rare by
+    `is_rare_image` and hard unknown."""
     if dataset.scenarios is not None:
         row = dataset.scenarios.get(str(Path(path).resolve()))
         if row is not None:
             return bool(row["hard"]), bool(row["rare"])
     rare_ids = {dataset.classes.index(c) for c in dataset.rare_classes}
-    return (None if dataset.scenarios is None else False), any(int(b[0]) in rare_ids for b in boxes)
+    return (None if dataset.scenarios is None else False), is_rare_image([int(b[0]) for b in boxes], rare_ids)
 
 
 def _measure(ws, dataset: _Dataset, strategy: str, seed: int, n_points: int) -> list[PointRow]:
@@ -407,6 +592,7 @@ def _measure(ws, dataset: _Dataset, strategy: str, seed: int, n_points: int) -> 
         size = boxes = 0
         hard: int | None = 0
         rare = 0
+        per_class = {c: 0 for c in dataset.classes}
         for p in picks:
             label = store.label(p["image_id"]) or []
             is_hard, is_rare = _image_flags(dataset, Path(p["path"]), label)
@@ -414,14 +600,17 @@ def _measure(ws, dataset: _Dataset, strategy: str, seed: int, n_points: int) -> 
             boxes += len(label)
             hard = None if is_hard is None or hard is None else hard + int(is_hard)
             rare += int(is_rare)
-        batches[r.round] = {"size": size, "boxes": boxes, "hard": hard, "rare": rare}
+            for b in label:
+                if 0 <= int(b[0]) < len(dataset.classes):
+                    per_class[dataset.classes[int(b[0])]] += 1
+        batches[r.round] = {"size": size, "boxes": boxes, "hard": hard, "rare": rare, "classes": per_class}
 
     rows = []
     trained = [r for r in rounds if r.map50 is not None][:n_points]
     for point, r in enumerate(trained):
         before = [b for s, b in batches.items() if s < r.round]
         last = batches.get(max((s for s in batches if s < r.round), default=-1),
-                           {"size": 0, "boxes": 0, "hard": None, "rare": None})
+                           {"size": 0, "boxes": 0, "hard": None, "rare": None, "classes": {}})
         hard_total = None if any(b["hard"] is None for b in before) else sum(b["hard"] for b in before)
         wall = store.kv_get(KV_NAMESPACE, f"wall/{r.round}")
         rows.append(PointRow(
@@ -433,6 +622,7 @@ def _measure(ws, dataset: _Dataset, strategy: str, seed: int, n_points: int) -> 
             train_seconds=r.train_seconds, score_seconds=r.score_seconds,
             wall_seconds=float(wall) if wall is not None else None,
             per_class_ap50={c: float((r.per_class_ap50 or {}).get(c, float("nan"))) for c in dataset.classes},
+            batch_class_boxes=dict(last["classes"]),
         ))
     return rows
 
@@ -486,45 +676,101 @@ def _picks_share(rows: list[PointRow], strategy: str, key: str) -> float | None:
     return sum(getattr(r, key) for r in picked) / sum(r.batch_size for r in picked)
 
 
+def _ci_record(ci) -> dict[str, Any]:
+    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "sd": ci.sd, "n": ci.n, "confidence": ci.confidence}
+
+
 def summarise(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[int],
-              rare_classes: Sequence[str], dataset_rates: dict[str, float | None]) -> dict[str, Any]:
-    """Every figure of summary.md, as plain data (also written to results.json)."""
-    from labelwise.savings import area_under_curve, label_saving, mean_curve, paired_savings
+              rare_classes: Sequence[str], dataset_rates: dict[str, float | None],
+              full_pool: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every figure of summary.md, as plain data (also written to results.json).
+
+    Per strategy: the mean curve and its saving against random's mean curve; the paired per-seed comparison
+    against random (`savings.compare_seeds`: saving with censoring, AUC, AUC difference, each with mean and 95% CI);
+    per-seed final mAP50, AUC and labels to reach the seed's own final mAP50 (random's own noise); labels to reach
+    90% / 95% of the full-pool mAP50 when `full_pool` is given; AP50 per class; hard/rare pick shares; boxes picked
+    per class; the stopping rules replayed.
+    """
+    from labelwise.savings import (
+        area_under_curve,
+        compare_seeds,
+        label_saving,
+        labels_to_reach,
+        labels_to_reach_seeds,
+        mean_ci,
+        mean_curve,
+    )
     from labelwise.stopping import replay_stopping
 
     curves = _curves(rows, strategies, seeds)
-    summary: dict[str, Any] = {"strategies": {}, "dataset_rates": dataset_rates, "rare_classes": list(rare_classes)}
+    summary: dict[str, Any] = {"strategies": {}, "dataset_rates": dataset_rates, "rare_classes": list(rare_classes),
+                               "full_pool": full_pool}
     random_curves = curves.get("random")
     random_mean = mean_curve(random_curves) if random_curves else None
     if random_mean is not None:
         summary["random_final_map50"] = float(random_mean.mean[-1])
         summary["random_final_labels"] = float(random_mean.labeled_counts[-1])
+        summary["random_labels_to_final"] = labels_to_reach(random_mean.labeled_counts, random_mean.mean,
+                                                            float(random_mean.mean[-1]))
     # one label range for every strategy's area, so a strategy with a cut-short curve is not favoured
     ranges = [(c[0][0], c[0][-1]) for seeds_curves in curves.values() for c in seeds_curves]
     common = (max(a for a, _ in ranges), min(b for _, b in ranges)) if ranges else None
+    if common is not None and common[1] < common[0]:
+        common = None
     share_random = {k: _picks_share(rows, "random", k) for k in ("batch_hard", "batch_rare")}
+    round_step = None
+    labeled_points = sorted({r.n_labeled for r in rows})
+    if len(labeled_points) > 1:
+        round_step = float(labeled_points[-1] - labeled_points[-2])
 
     for s, seeds_curves in curves.items():
         mc = mean_curve(seeds_curves)
         entry: dict[str, Any] = {
             "n_seeds": mc.n_seeds,
             "mean_curve": {"labeled": mc.labeled_counts.tolist(), "map50": mc.mean.tolist(), "sd": mc.std.tolist(),
-                           "low": mc.low.tolist(), "high": mc.high.tolist()},
+                           "low": mc.low.tolist(), "high": mc.high.tolist(),
+                           "ci_low": mc.ci_low.tolist(), "ci_high": mc.ci_high.tolist()},
             "final_labels": float(mc.labeled_counts[-1]),
             "final_map50": float(mc.mean[-1]), "final_map50_sd": float(mc.std[-1]),
         }
+        run_seeds = [seed for seed in seeds if _final(rows, s, seed) is not None]
+        # each seed on its own: final mAP50, area, labels to reach its own final mAP50
+        per_seed = []
+        for seed, (n, m) in zip(run_seeds, seeds_curves):
+            per_seed.append({"seed": seed, "final_labels": float(n[-1]), "final_map50": float(m[-1]),
+                             "auc": area_under_curve(n, m, common) if common else None,
+                             "labels_to_own_final": labels_to_reach(n, m, float(m[-1]))})
+        entry["per_seed"] = per_seed
+        if common is not None:
+            aucs = [p["auc"] for p in per_seed]
+            entry["auc"], entry["auc_sd"] = _mean_sd(aucs)
+            entry["auc_range"] = list(common)
+            entry["auc_ci"] = _ci_record(mean_ci(aucs))
         if random_mean is not None:
             saving = label_saving((mc.labeled_counts, mc.mean), (random_mean.labeled_counts, random_mean.mean))
             entry["labels_to_random_final"] = saving.labels_needed
             entry["saving_percent"] = saving.saving_percent
-            run_seeds = [seed for seed in seeds if _final(rows, s, seed) and _final(rows, "random", seed)]
-            if run_seeds:
-                paired = paired_savings(_curves(rows, [s], run_seeds)[s], _curves(rows, ["random"], run_seeds)["random"])
-                entry["paired_saving_percent"] = [p.saving_percent for p in paired]
-        if common is not None and common[1] >= common[0]:
-            aucs = [area_under_curve(n, m, common) for n, m in seeds_curves]
-            entry["auc"], entry["auc_sd"] = _mean_sd(aucs)
-            entry["auc_range"] = list(common)
+            paired_seeds = [seed for seed in run_seeds if _final(rows, "random", seed) is not None]
+            if paired_seeds:
+                comparison = compare_seeds(_curves(rows, [s], paired_seeds)[s],
+                                           _curves(rows, ["random"], paired_seeds)["random"],
+                                           label_range=tuple(common) if common else None, round_step=round_step)
+                entry["paired_saving_percent"] = [c.saving_percent for c in comparison.seeds]
+                entry["paired_censored"] = [c.censored for c in comparison.seeds]
+                entry["paired"] = {
+                    "seeds": [{"seed": seed, **asdict(c)} for seed, c in zip(paired_seeds, comparison.seeds)],
+                    "saving": _ci_record(comparison.saving),
+                    "auc": _ci_record(comparison.auc),
+                    "auc_difference": _ci_record(comparison.auc_difference),
+                    "n_censored": comparison.n_censored,
+                }
+        if full_pool is not None and full_pool.get("map50") is not None:
+            entry["full_pool_targets"] = {}
+            for fraction in FULL_POOL_FRACTIONS:
+                reach = labels_to_reach_seeds(seeds_curves, fraction * float(full_pool["map50"]))
+                entry["full_pool_targets"][f"{fraction:g}"] = {
+                    "fraction": fraction, "target_map50": reach.target, "per_seed": reach.per_seed,
+                    "mean": reach.mean, "n_reached": reach.n_reached, "n_seeds": len(reach.per_seed)}
         finals = [f for f in (_final(rows, s, seed) for seed in seeds) if f is not None]
         entry["final_ap50"] = {c: _mean_sd([f.per_class_ap50.get(c, float("nan")) for f in finals])[0]
                                for c in (finals[0].per_class_ap50 if finals else {})}
@@ -534,6 +780,7 @@ def summarise(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[i
             entry[f"{name}_share"] = share
             base = share_random[key]
             entry[f"{name}_share_vs_random"] = (share / base) if share is not None and base else None
+        entry["picked_class_boxes"] = _picked_class_boxes(rows, s, run_seeds)
         stops = []
         for seed in seeds:
             pts = sorted((r for r in rows if r.strategy == s and r.seed == seed), key=lambda r: r.point)
@@ -548,8 +795,35 @@ def summarise(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[i
     return summary
 
 
+def _picked_class_boxes(rows: list[PointRow], strategy: str, seeds: Sequence[int]) -> dict[str, float]:
+    """Boxes per class in the batches the strategy picked itself (after the shared initial one), mean per seed."""
+    totals: dict[str, float] = {}
+    for r in rows:
+        if r.strategy == strategy and r.point > 0:
+            for c, n in r.batch_class_boxes.items():
+                totals[c] = totals.get(c, 0) + n
+    return {c: n / max(len(seeds), 1) for c, n in totals.items()}
+
+
 def _fmt(value: float | None, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _fmt_ci(ci: dict[str, Any] | None, spec: str = ".3f") -> str:
+    """'0.512 (0.480 to 0.544)'; with one seed '0.512 (1 seed: no CI)'."""
+    if not ci or ci.get("mean") is None:
+        return "-"
+    if ci.get("low") is None:
+        return f"{format(ci['mean'], spec)} (1 seed: no CI)"
+    return f"{format(ci['mean'], spec)} ({format(ci['low'], spec)} to {format(ci['high'], spec)})"
+
+
+def _fmt_reach(target: dict[str, Any] | None) -> str:
+    if not target:
+        return "-"
+    if target["mean"] is not None:
+        return f"{target['mean']:.0f}"
+    return f"not reached ({target['n_reached']}/{target['n_seeds']} seeds did)"
 
 
 def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, dataset_name: str,
@@ -562,7 +836,8 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
     lines += [
         f"- data: `{settings.data_yaml}`",
         f"- strategies: {', '.join(strategies)}; seeds: {seeds_text}",
-        f"- initial random batch {settings.initial}, then {settings.per_round} per round, {settings.rounds} labeled "
+        f"- initial batch {settings.initial} (cold start `{settings.cold_start}`, the same for every strategy of a "
+        f"seed), then {settings.per_round} per round, {settings.rounds} labeled "
         f"batches (final budget {settings.final_labels()} images)",
         f"- training: model `{settings.model}`, {settings.epochs} epoch(s) per round (warm start from the previous "
         f"round), imgsz {settings.imgsz}, batch {settings.batch}"
@@ -570,38 +845,70 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
         "- evaluation: the dataset's fixed val split; each strategy of a seed starts from the same initial set",
         f"- rare classes: {', '.join(summary['rare_classes']) or 'none'} ({rare_source})",
         f"- total wall time: {sum(e['wall_seconds'] for e in strategies.values()) / 60:.1f} min",
-        "",
     ]
+    described = [label for label in strategies if settings.strategy_mappings.get(label, {"name": label}) != {
+        "name": label}]
+    for label in described:
+        mapping = ", ".join(f"{k}: {v}" for k, v in settings.strategy_mappings[label].items())
+        lines.append(f"- `{label}`: {mapping}")
+    lines.append("")
+    full_pool = summary.get("full_pool")
+    if full_pool is not None:
+        targets = ", ".join(f"{100 * f:.0f}% = {f * full_pool['map50']:.3f}" for f in FULL_POOL_FRACTIONS)
+        lines += [f"Full-pool reference: one model trained once on all {full_pool['n_labeled']} labeled pool images "
+                  f"({full_pool['epochs']} epoch(s) from the start model, seed 0) reaches mAP50 "
+                  f"**{full_pool['map50']:.3f}** ({targets}).", ""]
     rates = summary["dataset_rates"]
+    n_seeds = len(settings.seeds)
     if "random_final_map50" in summary:
         lines.append(f"Random sampling's final mAP50 (mean over seeds): **{summary['random_final_map50']:.3f}** at "
-                     f"{summary['random_final_labels']:.0f} labeled images. The saving is "
-                     "100 (1 - labels needed to reach it / random's labels); `-` means the strategy never reached "
-                     "it within the budget.")
+                     f"{summary['random_final_labels']:.0f} labeled images (first reached at "
+                     f"{_fmt(summary.get('random_labels_to_final'), '.0f')}). The saving is "
+                     "100 (1 - labels the strategy needs to first reach it / labels random needed to first reach "
+                     "it), so random against itself is 0 by construction; `-` means the strategy never reached it "
+                     "within the budget. Paired: seed by seed against random's same seed (same initial set), mean "
+                     "and 95% Student-t interval over seeds; a seed that never reached random's final mAP50 counts "
+                     "at its final budget plus one round (marked `*`, censored).")
         curve = summary["strategies"]["random"]["mean_curve"]["map50"]
         if len(curve) < 2 or curve[-1] <= curve[0] + 1e-3:
             lines += ["", "**Warning:** random's mean learning curve did not rise (final mAP50 "
                       f"{curve[-1]:.3f}, first {curve[0]:.3f}): every strategy 'reaches' that level at once, so the "
                       "savings below mean nothing. Train longer (--epochs), with more labels, or from a pretrained "
                       "--model."]
+        if n_seeds == 1:
+            lines += ["", "One seed only: no confidence interval can be given; run more seeds (--seeds) before "
+                      "reading anything into the differences."]
     else:
         lines.append("Random sampling was not simulated, so there is no baseline for the label saving.")
     lines += ["", "## Results per strategy", ""]
     rare = summary["rare_classes"]
     head = ["strategy", "seeds", "final mAP50 (± sd)", "labels to reach random's final", "saving % (mean curve)",
-            "saving % per seed", f"AUC (mAP50 over {_range(strategies)})"]
+            "saving % per seed", "saving % paired (95% CI)", f"AUC (mAP50 over {_range(strategies)}; 95% CI)",
+            "AUC - random (95% CI)"]
+    if full_pool is not None:
+        head += [f"labels to {100 * f:.0f}% of full pool" for f in FULL_POOL_FRACTIONS]
     head += [f"AP50 {c}" for c in rare]
     head += ["hard picks (x random)", "rare picks (x random)", "wall min"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, e in strategies.items():
         paired = e.get("paired_saving_percent")
-        paired_text = "-" if not paired else " / ".join(_fmt(p, ".0f") for p in paired)
+        censored = e.get("paired_censored") or [False] * len(paired or [])
+        paired_text = "-" if not paired else " / ".join(_fmt(p, ".0f") + ("*" if c else "")
+                                                        for p, c in zip(paired, censored))
         saving_text = _fmt(e.get("saving_percent"), ".0f")
-        if s == "random":  # measured against itself: the numbers only say how noisy random's own curve is
-            saving_text, paired_text = f"baseline ({saving_text})", "baseline"
+        pair = e.get("paired") or {}
+        paired_ci = _fmt_ci(pair.get("saving"), ".0f")
+        if pair.get("n_censored"):
+            paired_ci += f", {pair['n_censored']} censored"
+        auc_diff = _fmt_ci(pair.get("auc_difference"), "+.3f")
+        if s == "random":  # measured against itself: 0 by construction
+            saving_text, paired_text, paired_ci, auc_diff = f"baseline ({saving_text})", "baseline", "baseline", \
+                "baseline"
         cells = [s, str(e["n_seeds"]), f"{e['final_map50']:.3f} ± {e['final_map50_sd']:.3f}",
-                 _fmt(e.get("labels_to_random_final"), ".0f"), saving_text, paired_text,
-                 f"{_fmt(e.get('auc'))} ± {_fmt(e.get('auc_sd'))}"]
+                 _fmt(e.get("labels_to_random_final"), ".0f"), saving_text, paired_text, paired_ci,
+                 _fmt_ci(e.get("auc_ci")), auc_diff]
+        if full_pool is not None:
+            cells += [_fmt_reach((e.get("full_pool_targets") or {}).get(f"{f:g}")) for f in FULL_POOL_FRACTIONS]
         cells += [_fmt(e["rare_ap50"].get(c)) for c in rare]
         for name in ("hard", "rare"):
             share = e[f"{name}_share"]
@@ -611,20 +918,74 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
         lines.append("| " + " | ".join(cells) + " |")
     base = [f"{name} {100 * v:.0f}%" for name, v in rates.items() if v is not None]
     lines += ["", "Hard/rare picks: share of the images each strategy chose itself (every batch after the shared "
-              "random initial one) that are hard or rare"
+              "initial one) that are hard or rare"
               + (f"; in the whole pool: {', '.join(base)}" if base else "") + ". x random: that share divided by "
               "random's.", ""]
+    if full_pool is not None:
+        lines += ["Labels to 90% / 95% of full pool: mean over seeds of the labels each seed needed to first reach "
+                  "that fraction of the full-pool mAP50; `not reached` when a seed never did within the budget.", ""]
 
     if "random_final_map50" in summary:
-        best = max(((s, e) for s, e in strategies.items() if s != "random" and e.get("saving_percent") is not None),
-                    key=lambda item: item[1]["saving_percent"], default=None)
-        if best is None:
-            lines += ["No strategy reached random's final mAP50 with fewer labels than random used.", ""]
+        def headline(item: tuple[str, dict[str, Any]]) -> float | None:
+            pair = item[1].get("paired") or {}
+            paired_mean = (pair.get("saving") or {}).get("mean")
+            return paired_mean if paired_mean is not None else item[1].get("saving_percent")
+
+        best = max(((s, e) for s, e in strategies.items() if s != "random" and headline((s, e)) is not None),
+                   key=lambda item: headline(item), default=None)
+        if best is None or headline(best) <= 0:
+            lines += ["No strategy reached random's final mAP50 with fewer labels than random needed"
+                      + (f" (best: {best[0]}, {headline(best):.0f}%)." if best is not None else "."), ""]
         else:
             s, e = best
-            lines += [f"Best strategy by label saving: **{s}**, {e['saving_percent']:.0f}% fewer labels than random "
-                      f"to reach its final mAP50 (hard picks {_fmt(e['hard_share_vs_random'], '.2f')}x and rare "
+            pair = e.get("paired") or {}
+            ci = pair.get("saving") or {}
+            interval = (f"95% CI {ci['low']:.0f} to {ci['high']:.0f}" if ci.get("low") is not None
+                        else "one seed, no CI")
+            lines += [f"Best strategy by label saving: **{s}**, {headline(best):.0f}% fewer labels than random "
+                      f"to reach its final mAP50 (paired over {ci.get('n', 0)} seed(s), {interval}"
+                      + (f", {pair['n_censored']} censored" if pair.get("n_censored") else "")
+                      + f"; hard picks {_fmt(e['hard_share_vs_random'], '.2f')}x and rare "
                       f"picks {_fmt(e['rare_share_vs_random'], '.2f')}x random's share).", ""]
+
+    lines += ["## Per seed", "",
+              "Each strategy's seed against random's same seed. Random's own rows show its noise: the labels it "
+              "needed to first reach its own final mAP50 (equal to the final budget when its curve still rose at "
+              "the end).", "",
+              "| strategy | seed | final mAP50 | AUC | labels to own final | random's final (target) | "
+              "labels random needed | labels needed | saving % | AUC - random |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, e in strategies.items():
+        paired = {p["seed"]: p for p in (e.get("paired") or {}).get("seeds", [])}
+        for seed_entry in e.get("per_seed", []):
+            p = paired.get(seed_entry["seed"])
+            cells = [s, str(seed_entry["seed"]), _fmt(seed_entry["final_map50"]), _fmt(seed_entry["auc"]),
+                     _fmt(seed_entry["labels_to_own_final"], ".0f")]
+            if p is None:
+                cells += ["-"] * 5
+            elif s == "random":
+                cells += [_fmt(p["target_map50"]), _fmt(p["random_labels"], ".0f"), "baseline", "baseline",
+                          "baseline"]
+            else:
+                needed = (f">{seed_entry['final_labels']:.0f} (counted as {p['labels_needed']:.0f})"
+                          if p["censored"] else _fmt(p["labels_needed"], ".0f"))
+                cells += [_fmt(p["target_map50"]), _fmt(p["random_labels"], ".0f"), needed,
+                          _fmt(p["saving_percent"], ".0f") + ("*" if p["censored"] else ""),
+                          _fmt(p["auc_difference"], "+.3f")]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    picked = {s: e.get("picked_class_boxes") or {} for s, e in strategies.items()}
+    classes = list(dict.fromkeys(c for boxes in picked.values() for c in boxes))
+    if classes:
+        lines += ["## Boxes picked per class", "",
+                  "Boxes of each class in the images each strategy picked itself (batches after the shared initial "
+                  "one), mean per seed; rare classes marked `(rare)`.", "",
+                  "| strategy | " + " | ".join(c + (" (rare)" if c in rare else "") for c in classes) + " |",
+                  "|" + "---|" * (len(classes) + 1)]
+        for s, boxes in picked.items():
+            lines.append(f"| {s} | " + " | ".join(_fmt(boxes.get(c), ".1f") for c in classes) + " |")
+        lines.append("")
 
     lines += ["## Stopping rules (replayed)", "",
               "Where each rule would have stopped each seed's run (labeled images at the stop, `never` if it did "
@@ -675,11 +1036,12 @@ CSV_FIXED = ("strategy", "seed", "point", "round", "n_labeled", "boxes_labeled",
 def _write_csv(path: Path, rows: list[PointRow], classes: Sequence[str]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*CSV_FIXED, *(f"ap50_{c}" for c in classes)])
+    writer.writerow([*CSV_FIXED, *(f"ap50_{c}" for c in classes), *(f"batch_boxes_{c}" for c in classes)])
     for r in rows:
         d = asdict(r)
         writer.writerow([("" if d[k] is None else d[k]) for k in CSV_FIXED]
-                        + [_fmt(r.per_class_ap50.get(c), ".5f", "") for c in classes])
+                        + [_fmt(r.per_class_ap50.get(c), ".5f", "") for c in classes]
+                        + [r.batch_class_boxes.get(c, "") for c in classes])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -708,8 +1070,10 @@ def write_outputs(out_dir: Path, settings: SimulationSettings, rows: list[PointR
                "rows": [asdict(r) for r in rows], "summary": summary}
     atomic_write_text(files["json"], json.dumps(_json_safe(payload), indent=1) + "\n")
     curves = _curves(rows, settings.strategies, settings.seeds)
+    full_pool = summary.get("full_pool") or {}
     learning_curves(curves, files["learning_curves"], target=summary.get("random_final_map50"),
-                    title=f"Learning curves ({len(settings.seeds)} seed(s); band: min-max)")
+                    reference=full_pool.get("map50"), band="ci",
+                    title=f"Learning curves ({len(settings.seeds)} seed(s); band: 95% CI of the mean)")
     final_ap = {s: {c: v for c, v in e["final_ap50"].items() if v is not None}
                 for s, e in summary["strategies"].items()}
     per_class_ap(final_ap, files["rare_class_ap"], rare_classes=dataset.rare_classes,
@@ -726,25 +1090,25 @@ def write_outputs(out_dir: Path, settings: SimulationSettings, rows: list[PointR
 def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: Sequence[int] | int, *,
              initial: int, per_round: int, rounds: int | None = None, budget: int | None = None, epochs: int = 10,
              imgsz: int = 320, model: str = "yolo11n.yaml", batch: int = 16,
-             train_args: dict[str, Any] | None = None, progress: bool = True) -> SimulationResult:
+             train_args: dict[str, Any] | None = None, variants: dict[str, dict[str, Any]] | None = None,
+             cold_start: str = "random", full_pool: bool = False, progress: bool = True) -> SimulationResult:
     """Run (or resume) the simulation and write its outputs under `out_dir`. See the module docstring.
 
-    seeds: a list of seeds, or an int N for seeds 0..N-1. rounds: labeled batches including the initial one; or
-    budget: the final number of labeled images (rounds follow from it). train_args: extra Ultralytics train
-    arguments (e.g. freeze=10), the same in every round.
+    strategies: labels: plain strategy names, preset names (`labelwise.presets.PRESETS`) or labels of `variants`
+    (label -> strategy mapping; every variant runs, listed or not; see `resolve_strategies`). seeds: a list of
+    seeds, or an int N for seeds 0..N-1. rounds: labeled batches including the initial one; or budget: the final
+    number of labeled images (rounds follow from it). train_args: extra Ultralytics train arguments (e.g.
+    freeze=10), the same in every round. cold_start: how the initial batch is chosen (typical | kcenter | random),
+    the same for every strategy so that a seed's strategies share it. full_pool: also train once on the whole
+    labeled pool (OUT/full_pool/, resumable) for the "labels to 90% / 95% of full pool" columns.
     """
     out_dir = Path(out_dir).absolute()
     seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
-    strategy_list = tuple(dict.fromkeys(s.strip() for s in strategies if s.strip()))
-    if not strategy_list:
-        raise SimulationError("give at least one strategy (--strategies random,entropy,...)")
-    try:
-        from labelwise.selection import STRATEGIES as known
-    except ImportError:
-        known = KNOWN_STRATEGIES
-    unknown = [s for s in strategy_list if s not in known]
-    if unknown:
-        raise SimulationError(f"unknown strategy {', '.join(unknown)}; known: {', '.join(known)}")
+    labels = [s.strip() for s in strategies if s.strip()]
+    if not labels and not variants:
+        raise SimulationError("give at least one strategy (--strategies random,default,...)")
+    mappings = resolve_strategies(labels, variants, cold_start)
+    strategy_list = tuple(mappings)
     if not seed_list:
         raise SimulationError("give at least one seed")
     if initial < 1 or per_round < 1:
@@ -767,7 +1131,8 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
     settings = SimulationSettings(
         data_yaml=str(dataset.data_yaml), strategies=strategy_list, seeds=seed_list, initial=initial,
         per_round=per_round, rounds=rounds, budget=budget, epochs=epochs, imgsz=imgsz, model=model, batch=batch,
-        train_args=dict(sorted((train_args or {}).items())),
+        train_args=dict(sorted((train_args or {}).items())), strategy_mappings=mappings, cold_start=cold_start,
+        full_pool=full_pool,
     )
     _check_or_save_settings(out_dir, settings)
 
@@ -799,11 +1164,14 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
                     rows.extend(_measure(ws, dataset, strategy, seed, rounds))
                 finally:
                     ws.store.close()
+        # after the strategies: a long run stopped early has its comparable curves first; a finished reference
+        # from an earlier run is reported even without --full-pool
+        reference = _full_pool(out_dir, dataset, settings, train=full_pool)
     finally:
         console.quiet = quiet_before
 
     pool_rates = _pool_rates(dataset)
-    summary = summarise(rows, strategy_list, seed_list, dataset.rare_classes, pool_rates)
+    summary = summarise(rows, strategy_list, seed_list, dataset.rare_classes, pool_rates, full_pool=reference)
     files = write_outputs(out_dir, settings, rows, dataset, summary)
     return SimulationResult(out_dir, settings, rows, dataset.rare_classes, summary, files)
 
@@ -822,8 +1190,28 @@ def _pool_rates(dataset: _Dataset) -> dict[str, float | None]:
     for p in dataset.images:
         label = label_path_for(p)
         if label.exists():
-            rare += any(int(line.split()[0]) in rare_ids for line in label.read_text().splitlines() if line.strip())
+            ids = [int(line.split()[0]) for line in label.read_text().splitlines() if line.strip()]
+            rare += is_rare_image(ids, rare_ids)
     return {"hard": None, "rare": rare / n if n else None}
+
+
+def read_variants(path: Path) -> dict[str, dict[str, Any]]:
+    """A variants file: YAML mapping label -> strategy mapping (optionally starting from `preset: NAME`), e.g.
+
+        default-no-hashes: {preset: default, dedup_hamming: null}
+        entropy-sum: {name: hybrid, uncertainty: entropy, aggregation: sum}
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimulationError(f"cannot read the variants file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SimulationError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in data.items()):
+        raise SimulationError(f"{path} must map each label to a strategy mapping, e.g. "
+                              "`default-no-hashes: {preset: default, dedup_hamming: null}`")
+    return data
 
 
 def parse_train_args(items: Sequence[str]) -> dict[str, Any]:
