@@ -258,3 +258,12 @@ def test_old_names_that_normalised_sigmoids_are_refused_with_the_new_ones():
         StrategyConfig(name="entropy")
     with pytest.raises(ValueError, match="detection_and_confusion"):
         StrategyConfig(uncertainty="least_confidence")
+
+
+def test_the_default_preset_is_what_an_empty_strategy_section_means():
+    from labelwise.presets import PRESETS
+
+    assert StrategyConfig.from_dict(PRESETS["default"]) == StrategyConfig()
+    article = StrategyConfig.from_dict(PRESETS["article"])
+    assert article.uncertainty == "article_least_confidence" and article.diversity == "centroid"
+    assert article.dedup_threshold is None and article.dedup_hamming is None

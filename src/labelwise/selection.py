@@ -74,7 +74,8 @@ class StrategyConfig:
     min_evidence: below this share of pool images holding a counted box, the model is too young for its
     uncertainty to mean anything and uncertainty-driven strategies pick by coverage (k-center greedy) instead.
     cold_start: how the first batch is chosen when no round model exists (typical | kcenter | random; the loop reads
-    it, see `cold_start_select`). alpha/beta: hybrid weights. diversity: hybrid's diversity term, "nearest" (ranked batch-mode) or "centroid" (the article's).
+    it, see `cold_start_select`). alpha/beta: hybrid weights. diversity: hybrid's diversity term, "nearest"
+    (ranked batch-mode) or "centroid" (the article's).
     n_clusters: MiniBatchKMeans k for "centroid". candidate_factor: M = factor * k for uncertainty_then_diverse.
     dedup_threshold: cosine similarity at or above which two images are near duplicates (None: off). 0.995 on
     centred, L2-normalised embeddings by default. Measured on the synthetic scenario data with a trained yolo11n:
@@ -82,8 +83,8 @@ class StrategyConfig:
     0.98; against a labeled set of 150 images, 0.98 would wrongly reject most candidates, 0.995 (0.1-0.2% of
     unrelated pairs) rejects few. dedup_hamming: perceptual-hash near-duplicates (`labelwise.neardup`): an image
     within this Hamming distance of a labeled or picked image is skipped, whatever the model (None: off). Plain
-    `random` applies neither filter: it is the baseline; `random_dedup` applies both. rare_class_weight: multiply scores by
-    balance.rare_class_weights. class_quotas: {class id: minimum images predicted to hold it}. seed: random and
+    `random` applies neither filter: it is the baseline; `random_dedup` applies both. rare_class_weight: multiply
+    scores by balance.rare_class_weights. class_quotas: {class id: minimum images predicted to hold it}. seed: random and
     k-means seed.
     """
 
