@@ -188,9 +188,15 @@ def test_real_kill_9_during_training_resumes(tmp_path, scenes):
 
 
 def test_unreadable_model_gives_an_offline_hint(tmp_path, scenes):
-    ws = make_workspace(tmp_path / "ws", scenes, model="yolo11n.pt")
-    ws.run(oracle=scenes / "train" / "labels", rounds=1)
     from labelwise.detectors.base import DetectorError
 
+    # the default cold start embeds the pool with the checkpoint, so offline it fails at the first selection
+    ws = make_workspace(tmp_path / "ws", scenes, model="yolo11n.pt")
+    with pytest.raises(DetectorError, match="yolo11n.yaml"):
+        ws.run(oracle=scenes / "train" / "labels", rounds=1)
+    # a random cold start needs no model; the training then fails the same way
+    ws = make_workspace(tmp_path / "ws2", scenes, model="yolo11n.pt", strategy={"name": "hybrid",
+                                                                              "cold_start": "random"})
+    ws.run(oracle=scenes / "train" / "labels", rounds=1)
     with pytest.raises(DetectorError, match="yolo11n.yaml"):
         ws.train()

@@ -317,14 +317,28 @@ class _Batch:
                first_key: np.ndarray | None):
         """Runs diversity.farthest_first on pool `rows` (not excluded) with labeled + batch as centres; returns the
         picks as (pool row, value, distance) and records skipped duplicates. Without any centre, the first pick is
-        the row with the largest `first_key` (None: diversity.central_point)."""
+        the row with the largest `first_key` (None: diversity.central_point). A pick that turns out to be a
+        perceptual-hash near-duplicate of an earlier pick of the same run is dropped, and the greedy runs again
+        for the shortfall, with the picks so far as centres."""
+        picks: list[tuple[int, float, float]] = []
+        while len(picks) < need:
+            got, dropped = self._greedy_pass(rows, need - len(picks), base, gain, transform, first_key,
+                                             [p[0] for p in picks])
+            picks += got
+            if not got or not dropped:
+                break
+        return picks
+
+    def _greedy_pass(self, rows, need, base, gain, transform, first_key, pending: list[int]):
         rows = np.sort(rows[~self.excluded[rows]])  # sorted: then all rows means x itself, no copy
         if rows.size == 0 or need <= 0:
-            return []
+            return [], False
         full = rows.size == self.x.shape[0]
         xs = self.x if full else self.x[rows]
         cen = self.centres()
-        before = list(self.rows)
+        if pending:
+            cen = np.concatenate([cen, self.x[np.asarray(pending)]])
+        before = list(self.rows) + pending
         first = None
         if cen.shape[0] == 0:
             if first_key is None:
@@ -342,14 +356,16 @@ class _Batch:
             else:
                 of = self.centre_name(-1 - centre, before)
             self.skip(int(rows[local]), of, 1.0 - dist * dist / 2.0)
-        picks = []
+        picks, dropped = [], False
         for p, v, d in zip(res.picks, res.values, res.distances):
             row = int(rows[p])
             if self.excluded[row]:  # a hash near-duplicate of an earlier pick of this same greedy run
+                dropped = True
                 continue
+            self.excluded[row] = True  # taken: `add` follows in the caller
             self.exclude_hash_neighbours(row)
             picks.append((row, float(v), float(d)))
-        return picks
+        return picks, dropped
 
 
 def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledContext | None = None,
@@ -609,16 +625,11 @@ def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
     batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold, hashes=pool.hashes,
                    lab_hashes=labeled.hashes, max_hamming=config.dedup_hamming)
     if config.cold_start == "kcenter":
-        # again while short: a pick that is a hash near-duplicate of an earlier pick of the same greedy run is dropped
-        while len(batch.rows) < k:
-            picks = batch.greedy(np.arange(n), k - len(batch.rows), np.zeros(n), np.ones(n), np.sqrt, None)
-            if not picks:
-                break
-            for r, _value, dist in picks:
-                why = ("cold start, k-center greedy: first centre, the image nearest the pool's mean embedding"
-                       if not np.isfinite(dist) else "cold start, k-center greedy: farthest from every labeled and "
-                       f"picked image (distance {dist:.3f})")
-                batch.add(r, dist if np.isfinite(dist) else 0.0, {"distance": dist if np.isfinite(dist) else 0.0}, why)
+        for r, _value, dist in batch.greedy(np.arange(n), k, np.zeros(n), np.ones(n), np.sqrt, None):
+            why = ("cold start, k-center greedy: first centre, the image nearest the pool's mean embedding"
+                   if not np.isfinite(dist) else
+                   f"cold start, k-center greedy: farthest from every labeled and picked image (distance {dist:.3f})")
+            batch.add(r, dist if np.isfinite(dist) else 0.0, {"distance": dist if np.isfinite(dist) else 0.0}, why)
     else:
         for r in batch.ranked(np.zeros(n)):  # one representative per near-duplicate group, in tie order
             if not batch.excluded[r]:
