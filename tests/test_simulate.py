@@ -424,3 +424,23 @@ def test_summary_with_one_seed_gives_no_interval():
                                   model="yolo11n.yaml", batch=8)
     text = summary_markdown(summary, settings, "d", "test", rows)
     assert "1 seed: no CI" in text and "no confidence interval can be given" in text
+
+
+def test_the_saving_in_boxes_drawn_is_zero_for_random_and_charges_crowded_picks():
+    import dataclasses
+
+    rows = []
+    for seed in (0, 1, 2):
+        rows += _rows("random", seed, [0.20, 0.35, 0.45, 0.50], [20] * 4, [5] * 4)
+        # reaches random's final at 200 images (50% fewer) but its batches hold three times the boxes
+        crowded = _rows("crowded", seed, [0.20, 0.50, 0.60, 0.602], [20] * 4, [5] * 4)
+        rows += [dataclasses.replace(r, boxes_labeled=300 + 900 * r.point) for r in crowded]
+    summary = summarise(rows, ["random", "crowded"], [0, 1, 2], ["rare"], {"hard": 0.2, "rare": 0.05})
+    crowded = summary["strategies"]["crowded"]
+    assert crowded["paired"]["saving"]["mean"] == pytest.approx(50)
+    # random needed 1,200 boxes for 0.50; the crowded strategy 1,200 too (300 + 900): no saving in boxes
+    assert crowded["paired_boxes"]["saving"]["mean"] == pytest.approx(0.0)
+    assert summary["strategies"]["random"]["paired_boxes"]["saving"]["mean"] == 0.0  # the null case
+    settings = _settings(strategies=("random", "crowded"), seeds=(0, 1, 2), initial=100, per_round=100, rounds=4,
+                         strategy_mappings={"random": {"name": "random"}, "crowded": {"name": "hybrid"}})
+    assert "saving % in boxes drawn" in summary_markdown(summary, settings, "d", "test", rows)

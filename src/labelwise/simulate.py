@@ -642,14 +642,16 @@ def _check_same_initial_set(ws, seed: int, strategy: str, initial_sets: dict[int
 # -- the summary ----------------------------------------------------------------------------------------------------
 
 
-def _curves(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[int]):
+def _curves(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[int], cost: str = "n_labeled"):
+    """Learning curves per strategy and seed: (cost, mAP50) per point; cost "n_labeled" (images) or
+    "boxes_labeled" (the boxes an annotator drew)."""
     out: dict[str, list[tuple[list[float], list[float]]]] = {}
     for s in strategies:
         seeds_curves = []
         for seed in seeds:
             pts = sorted((r for r in rows if r.strategy == s and r.seed == seed), key=lambda r: r.point)
             if pts:
-                seeds_curves.append(([float(p.n_labeled) for p in pts], [p.map50 for p in pts]))
+                seeds_curves.append(([float(getattr(p, cost)) for p in pts], [p.map50 for p in pts]))
         if seeds_curves:
             out[s] = seeds_curves
     return out
@@ -763,6 +765,14 @@ def summarise(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[i
                     "auc": _ci_record(comparison.auc),
                     "auc_difference": _ci_record(comparison.auc_difference),
                     "n_censored": comparison.n_censored,
+                }
+                # Images are not the whole cost: a strategy that picks crowded scenes buys more boxes per image.
+                # The same paired saving with the boxes drawn as the cost says whether it saves annotation work.
+                boxes = compare_seeds(_curves(rows, [s], paired_seeds, "boxes_labeled")[s],
+                                      _curves(rows, ["random"], paired_seeds, "boxes_labeled")["random"])
+                entry["paired_boxes"] = {
+                    "seeds": [{"seed": seed, **asdict(c)} for seed, c in zip(paired_seeds, boxes.seeds)],
+                    "saving": _ci_record(boxes.saving), "n_censored": boxes.n_censored,
                 }
         if full_pool is not None and full_pool.get("map50") is not None:
             entry["full_pool_targets"] = {}
@@ -884,7 +894,7 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
     rare = summary["rare_classes"]
     head = ["strategy", "seeds", "final mAP50 (± sd)", "labels to reach random's final", "saving % (mean curve)",
             "saving % per seed", "saving % paired (95% CI)", f"AUC (mAP50 over {_range(strategies)}; 95% CI)",
-            "AUC - random (95% CI)"]
+            "AUC - random (95% CI)", "saving % in boxes drawn, paired (95% CI)"]
     if full_pool is not None:
         head += [f"labels to {100 * f:.0f}% of full pool" for f in FULL_POOL_FRACTIONS]
     head += [f"AP50 {c}" for c in rare]
@@ -901,12 +911,16 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
         if pair.get("n_censored"):
             paired_ci += f", {pair['n_censored']} censored"
         auc_diff = _fmt_ci(pair.get("auc_difference"), "+.3f")
+        box_pair = e.get("paired_boxes") or {}
+        box_ci = _fmt_ci(box_pair.get("saving"), ".0f")
+        if box_pair.get("n_censored"):
+            box_ci += f", {box_pair['n_censored']} censored"
         if s == "random":  # measured against itself: 0 by construction
-            saving_text, paired_text, paired_ci, auc_diff = f"baseline ({saving_text})", "baseline", "baseline", \
-                "baseline"
+            saving_text, paired_text, paired_ci, auc_diff, box_ci = f"baseline ({saving_text})", "baseline", \
+                "baseline", "baseline", "baseline"
         cells = [s, str(e["n_seeds"]), f"{e['final_map50']:.3f} ± {e['final_map50_sd']:.3f}",
                  _fmt(e.get("labels_to_random_final"), ".0f"), saving_text, paired_text, paired_ci,
-                 _fmt_ci(e.get("auc_ci")), auc_diff]
+                 _fmt_ci(e.get("auc_ci")), auc_diff, box_ci]
         if full_pool is not None:
             cells += [_fmt_reach((e.get("full_pool_targets") or {}).get(f"{f:g}")) for f in FULL_POOL_FRACTIONS]
         cells += [_fmt(e["rare_ap50"].get(c)) for c in rare]
