@@ -28,7 +28,9 @@ def test_init_status_add(tmp_path):
     assert (tmp_path / "ws" / "labelwise.yaml").exists() and (tmp_path / "ws" / "labelwise.db").exists()
     status = runner.invoke(app, ["status", "-w", str(tmp_path / "ws")])
     assert status.exit_code == 0, status.output
-    assert "labelwise select" in status.output  # nothing labeled yet: the next step is a random seed batch
+    assert "labelwise select" in status.output  # nothing labeled yet: the next step is the first batch
+    # the default model is a YAML (no embeddings to choose with): status says the first batch will be random
+    assert "picked at random" in status.output and "not a trained checkpoint" in status.output
     assert "broken.png" in status.output
     _images(tmp_path / "more", 2, seed=1)
     added = runner.invoke(app, ["add", str(tmp_path / "more"), "-w", str(tmp_path / "ws")])

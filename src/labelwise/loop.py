@@ -587,6 +587,16 @@ class Workspace:
         for path, reason in backfill_hashes(self.store):
             self.store.quarantine(path, reason)
 
+    def _cold_start_plan(self) -> str:
+        """How the first batch will be chosen, in words, without loading a model."""
+        method = self.config.strategy_for_round(1).get("cold_start", "typical")
+        if method == "random":
+            return "picked at random (cold_start: random)"
+        if Path(self.config.model).suffix != ".pt":
+            return f"picked at random: model '{self.config.model}' is not a trained checkpoint to embed the pool with"
+        return (f"chosen from the embeddings of {self.config.model} "
+                f"({'TypiClust' if method == 'typical' else 'k-center greedy'}, near-duplicates removed first)")
+
     def _cold_start_weights(self, method: str) -> Path | None:
         """The checkpoint whose embeddings choose the first batch: `model:` when it is a trained checkpoint (a local
         .pt, or a name Ultralytics downloads), None for a model YAML (random weights embed nothing) or `random`."""
@@ -844,7 +854,8 @@ class Workspace:
             nxt = "train" if counts["pool_labeled"] else "select"
             step, cmd = nxt, f"labelwise {nxt}" if nxt == "train" else "labelwise select"
             msg = (f"round {(current.round if current else 0) + 1} starts with "
-                   + ("training" if nxt == "train" else "a random seed batch (nothing is labeled yet)"))
+                   + ("training" if nxt == "train" else "the first batch (nothing is labeled yet): "
+                      + self._cold_start_plan()))
         elif current.step == "annotate":
             sel = self.store.selection(current.round)
             pending = sum(1 for r in sel if r["outcome"] == "pending")
