@@ -313,7 +313,7 @@ def image_uncertainty(pool, measure: str = "detection_and_confusion", aggregatio
     offsets = np.asarray(pool.box_offsets, dtype=np.int64)
     scores = np.asarray(pool.class_scores)
     keep = counted_boxes(scores, box_threshold)
-    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    owner = pool.box_image_index
     best = np.asarray(pool.max_candidate_score, dtype=np.float64).reshape(-1).copy()
     if scores.shape[0]:
         np.maximum.at(best, owner, scores.max(axis=1))
@@ -335,5 +335,4 @@ def evidence_share(pool, box_threshold: float = DEFAULT_BOX_THRESHOLD) -> float:
     scores = np.asarray(pool.class_scores)
     if scores.shape[0] == 0:
         return 0.0
-    owner = np.repeat(np.arange(n), np.diff(np.asarray(pool.box_offsets)))
-    return float(np.unique(owner[counted_boxes(scores, box_threshold)]).size / n)
+    return float(np.unique(pool.box_image_index[counted_boxes(scores, box_threshold)]).size / n)
