@@ -74,12 +74,8 @@ def inspect_image(path: Path) -> ImageFile | Rejected:
         return Rejected(path, f"{path}: not an image file (suffix {path.suffix or 'none'}); "
                               f"labelwise reads {', '.join(sorted(IMAGE_SUFFIXES))}. Move it out of the image folder.")
     try:
-        with Image.open(path) as img:
-            img.load()  # a full decode: truncated files fail here, not during training
-            upright = ImageOps.exif_transpose(img) if img.getexif() else img
-            width, height = upright.size
-            phash, dhash = perceptual_hashes(upright)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        (width, height), phash, dhash = _decode(path)
+    except _UNREADABLE as exc:
         return Rejected(path, f"{path}: corrupt or unreadable image ({exc.__class__.__name__}: {exc}); "
                               "re-export or remove the file, then run `labelwise add` again.")
     if width < 2 or height < 2:
@@ -92,6 +88,18 @@ def inspect_image(path: Path) -> ImageFile | Rejected:
 # the full image). Every image, at ingest and in the backfill, is hashed this same way, so they stay comparable.
 _HASH_INPUT_MIN_SIDE = 128
 _BOX_REDUCIBLE_MODES = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "I", "F", "PA"}
+
+
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def _decode(path: Path) -> tuple[tuple[int, int], int, int]:
+    """((width, height), pHash, dHash) of the image as shown (EXIF orientation applied), from a full decode:
+    truncated files fail here, not during training. Raises one of _UNREADABLE."""
+    with Image.open(path) as img:
+        img.load()
+        upright = ImageOps.exif_transpose(img) if img.getexif() else img
+        return upright.size, *perceptual_hashes(upright)
 
 
 def perceptual_hashes(img: Image.Image) -> tuple[int, int]:
@@ -115,10 +123,8 @@ def backfill_hashes(store: Store) -> list[tuple[str, str]]:
     computed: list[tuple[int, int, int]] = []
     for image_id, path in store.images_without_hashes():
         try:
-            with Image.open(path) as img:
-                img.load()
-                phash, dhash = perceptual_hashes(ImageOps.exif_transpose(img) if img.getexif() else img)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            _, phash, dhash = _decode(path)
+        except _UNREADABLE as exc:
             failed.append((str(path), f"{path}: cannot compute perceptual hashes ({exc.__class__.__name__}: {exc}); "
                                       "near duplicates of this image are found by the detector's embedding only"))
             continue
