@@ -509,11 +509,11 @@ class Workspace:
                 {key: v for key, v in spec.items() if key in known} | {"seed": self.config.seed + round_no})
         except ValueError as exc:  # a bad name or value in labelwise.yaml: the user's words, not a traceback
             raise ConfigError(f"{self.root / 'labelwise.yaml'}: {exc}") from None
-        self._backfill_hashes()
+        unhashable = self._backfill_hashes()
         labeled_all = self.store.image_ids("pool", "labeled")
         # "labeled hash #J" in a selection's skips is image hash_ids[J]; a labeled file that could not be hashed
         # (unreadable since it was labeled; quarantined by the backfill) is left out
-        hash_ids = self.store.ids_with_hashes(labeled_all)
+        hash_ids = self.store.ids_with_hashes(labeled_all) if unhashable else labeled_all
         start = None if current.model_hash else self._cold_start_weights(strategy_config.cold_start)
         if not current.model_hash and start is None:  # nothing to embed with: only chance can choose
             spec = {"name": "random", "cold_start": "random"}  # what the rounds table should say this round used
@@ -580,12 +580,15 @@ class Workspace:
             self.store.save_selection(round_no, picks, skipped, next_step="annotate")
         return self.store.selection(round_no)
 
-    def _backfill_hashes(self) -> None:
-        """Perceptual hashes for images registered before labelwise computed them at ingest (older workspaces)."""
+    def _backfill_hashes(self) -> int:
+        """Perceptual hashes for images registered before labelwise computed them at ingest (older workspaces).
+        Returns how many images could not be hashed (quarantined with the reason)."""
         from labelwise.pool import backfill_hashes
 
-        for path, reason in backfill_hashes(self.store):
+        failed = backfill_hashes(self.store)
+        for path, reason in failed:
             self.store.quarantine(path, reason)
+        return len(failed)
 
     def _cold_start_plan(self) -> str:
         """How the first batch will be chosen, in words, without loading a model."""
