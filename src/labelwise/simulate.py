@@ -759,21 +759,13 @@ def summarise(rows: list[PointRow], strategies: Sequence[str], seeds: Sequence[i
                                            label_range=tuple(common) if common else None, round_step=round_step)
                 entry["paired_saving_percent"] = [c.saving_percent for c in comparison.seeds]
                 entry["paired_censored"] = [c.censored for c in comparison.seeds]
-                entry["paired"] = {
-                    "seeds": [{"seed": seed, **asdict(c)} for seed, c in zip(paired_seeds, comparison.seeds)],
-                    "saving": _ci_record(comparison.saving),
-                    "auc": _ci_record(comparison.auc),
-                    "auc_difference": _ci_record(comparison.auc_difference),
-                    "n_censored": comparison.n_censored,
-                }
+                entry["paired"] = _paired_record(comparison, paired_seeds) | {
+                    "auc": _ci_record(comparison.auc), "auc_difference": _ci_record(comparison.auc_difference)}
                 # Images are not the whole cost: a strategy that picks crowded scenes buys more boxes per image.
                 # The same paired saving with the boxes drawn as the cost says whether it saves annotation work.
                 boxes = compare_seeds(_curves(rows, [s], paired_seeds, "boxes_labeled")[s],
                                       _curves(rows, ["random"], paired_seeds, "boxes_labeled")["random"])
-                entry["paired_boxes"] = {
-                    "seeds": [{"seed": seed, **asdict(c)} for seed, c in zip(paired_seeds, boxes.seeds)],
-                    "saving": _ci_record(boxes.saving), "n_censored": boxes.n_censored,
-                }
+                entry["paired_boxes"] = _paired_record(boxes, paired_seeds)
         if full_pool is not None and full_pool.get("map50") is not None:
             entry["full_pool_targets"] = {}
             for fraction in FULL_POOL_FRACTIONS:
@@ -817,6 +809,17 @@ def _picked_class_boxes(rows: list[PointRow], strategy: str, seeds: Sequence[int
 
 def _fmt(value: float | None, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _paired_record(comparison, seeds: Sequence[int]) -> dict[str, Any]:
+    """A `savings.SeedsComparison` as results.json keeps it: per seed, the saving's mean and CI, censored seeds."""
+    return {"seeds": [{"seed": seed, **asdict(c)} for seed, c in zip(seeds, comparison.seeds)],
+            "saving": _ci_record(comparison.saving), "n_censored": comparison.n_censored}
+
+
+def _fmt_paired_saving(pair: dict[str, Any]) -> str:
+    text = _fmt_ci(pair.get("saving"), ".0f")
+    return text + (f", {pair['n_censored']} censored" if pair.get("n_censored") else "")
 
 
 def _fmt_ci(ci: dict[str, Any] | None, spec: str = ".3f") -> str:
@@ -907,14 +910,9 @@ def summary_markdown(summary: dict[str, Any], settings: SimulationSettings, data
                                                         for p, c in zip(paired, censored))
         saving_text = _fmt(e.get("saving_percent"), ".0f")
         pair = e.get("paired") or {}
-        paired_ci = _fmt_ci(pair.get("saving"), ".0f")
-        if pair.get("n_censored"):
-            paired_ci += f", {pair['n_censored']} censored"
+        paired_ci = _fmt_paired_saving(pair)
         auc_diff = _fmt_ci(pair.get("auc_difference"), "+.3f")
-        box_pair = e.get("paired_boxes") or {}
-        box_ci = _fmt_ci(box_pair.get("saving"), ".0f")
-        if box_pair.get("n_censored"):
-            box_ci += f", {box_pair['n_censored']} censored"
+        box_ci = _fmt_paired_saving(e.get("paired_boxes") or {})
         if s == "random":  # measured against itself: 0 by construction
             saving_text, paired_text, paired_ci, auc_diff, box_ci = f"baseline ({saving_text})", "baseline", \
                 "baseline", "baseline", "baseline"
