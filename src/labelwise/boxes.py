@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# How far past an image edge a normalised coordinate may reach and still count as on the edge: float exports
+# (CVAT, Label Studio, Roboflow) leave values like 1.0000001 or -1e-6. Within this slack a coordinate is clipped to
+# [0, 1]; beyond it the box is refused. One value for every reader of boxes, as a fraction of the image side.
+EDGE_TOLERANCE = 1e-3
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise intersection over union, IoU(A, B) = |A ∩ B| / |A ∪ B|, as an (len(a), len(b)) array.
