@@ -10,6 +10,7 @@ see `labelwise.neardup`), so near duplicates can be found before any model exist
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import imagehash
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from labelwise.fileio import sha256_file
 from labelwise.neardup import bits_to_uint64
@@ -75,6 +77,8 @@ def inspect_image(path: Path) -> ImageFile | Rejected:
                               f"labelwise reads {', '.join(sorted(IMAGE_SUFFIXES))}. Move it out of the image folder.")
     try:
         (width, height), phash, dhash = _decode(path)
+    except DecompressionBombError as exc:
+        return Rejected(path, _too_many_pixels(path, exc))
     except _UNREADABLE as exc:
         return Rejected(path, f"{path}: corrupt or unreadable image ({exc.__class__.__name__}: {exc}); "
                               "re-export or remove the file, then run `labelwise add` again.")
@@ -90,7 +94,24 @@ _HASH_INPUT_MIN_SIDE = 128
 _BOX_REDUCIBLE_MODES = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "I", "F", "PA"}
 
 
-_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, DecompressionBombError)
+
+
+def _too_many_pixels(path: Path, exc: DecompressionBombError) -> str:
+    """The quarantine reason for an image Pillow refuses to open for its size (a "decompression bomb").
+
+    Pillow refuses images of more than 2 x Image.MAX_IMAGE_PIXELS (178,956,970 pixels by default) and only warns
+    between 1x and 2x. There is deliberately no setting to raise the limit: Ultralytics checks every training image
+    with the same `Image.open`, so such an image would be dropped as corrupt when training anyway, and a detector
+    trained at 640-1280 px sees nothing of a 200-megapixel image but a blur. Downscaling or tiling is the fix.
+    """
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(exc))
+    size = (f"{int(found.group(1)):,} pixels, more than the {int(found.group(2)):,} that Pillow opens" if found
+            else str(exc))
+    return (f"{path}: image too large to open safely ({size}; Pillow refuses it as a possible decompression bomb, "
+            "and so does Ultralytics' image check when training). Downscale it or cut it into tiles (for example "
+            "with ImageMagick: `magick IMAGE -resize 12000x12000 OUT` or `magick IMAGE -crop 4000x4000 TILE_%d.png`), "
+            "add those instead, and remove or move this file.")
 
 
 def _decode(path: Path) -> tuple[tuple[int, int], int, int]:
