@@ -1,0 +1,131 @@
+"""Adding images and labels to a workspace: hash, validate, register; labels from YOLO txt files beside the images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labelwise.config import ConfigError, config_from_dict, read_data_yaml, save_config
+from labelwise.pool import Rejected, find_files, inspect_image, is_candidate, label_path_for, read_yolo_label
+from labelwise.progress import track
+from labelwise.workflow.context import WorkspaceContext
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    labeled: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path of the same bytes already known)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unlabeled_in_labeled_source: int = 0
+
+
+def create(root: Path, images: list[Path], classes: list[str] | None = None, data_yaml: Path | None = None,
+           labeled: list[Path] | None = None, val: Path | None = None, **settings: Any) -> Path:
+    """Write labelwise.yaml for a new workspace at `root` (the caller opens it). Returns the absolute root."""
+    root = Path(root).absolute()
+    if (root / "labelwise.yaml").exists():
+        raise ConfigError(f"{root} is already a labelwise workspace; use `labelwise add` to grow its pool")
+    if data_yaml is not None:
+        names, _train, data_val = read_data_yaml(data_yaml)
+        if classes and list(classes) != names:
+            raise ConfigError(f"--classes {classes} differ from the names in {data_yaml}: {names}")
+        classes = names
+        val = val or data_val
+    if not classes:
+        raise ConfigError("give the class names with --classes a,b,c or --data data.yaml")
+    for source in images + (labeled or []) + ([val] if val else []):
+        if not Path(source).exists():
+            raise ConfigError(f"{source} does not exist")
+    data: dict[str, Any] = {
+        "classes": list(classes), "images": [str(Path(p).absolute()) for p in images],
+        "labeled": [str(Path(p).absolute()) for p in labeled or []],
+        "val": str(Path(val).absolute()) if val else None,
+    }
+    data.update(settings)
+    config = config_from_dict(data, "labelwise.yaml settings")
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(root, config)
+    return root
+
+
+def add(ctx: WorkspaceContext, sources: list[Path], *, labeled: bool = False, split: str = "pool",
+        progress: bool = True) -> AddReport:
+    """Hash, validate and register images. With labeled=True their YOLO labels (images/ -> labels/) come too.
+
+    Idempotent: a file already registered under the same path is skipped without being read again.
+    """
+    report = AddReport()
+    n_classes = len(ctx.config.classes)
+    explicit = {Path(s).absolute() for s in sources if Path(s).is_file()}
+    files = [p for p in find_files(sources) if is_candidate(p, p in explicit)]
+    iterator = track(files, len(files), "Adding images") if progress and files else files
+    for path in iterator:
+        if ctx.store.known_path(str(path)) is not None:
+            continue
+        found = inspect_image(path)
+        if isinstance(found, Rejected):
+            ctx.store.quarantine(str(path), found.reason)
+            report.quarantined.append((str(path), found.reason))
+            continue
+        boxes = None
+        if labeled:
+            label_file = label_path_for(path)
+            if label_file.exists():
+                try:
+                    boxes = read_yolo_label(label_file, n_classes)
+                except ValueError as exc:
+                    reason = f"label rejected: {exc}"
+                    ctx.store.quarantine(str(path), reason)
+                    report.quarantined.append((str(path), reason))
+                    continue
+            else:
+                report.unlabeled_in_labeled_source += 1
+        existing = ctx.store.image_by_sha(found.sha256)
+        image_id, created = ctx.store.add_image(found.sha256, str(path), found.width, found.height, split,
+                                                found.phash, found.dhash)
+        if not created:
+            report.duplicates.append((str(path), str(existing.path if existing else "")))
+            continue
+        report.added += 1
+        if boxes is not None:
+            if split == "pool" and held_out(ctx, found.sha256):
+                ctx.store.set_split(image_id, "val")
+            ctx.store.put_label(image_id, boxes, round_no=0, source=f"file {label_file}")
+            report.labeled += 1
+    if sources and split == "pool" and not labeled:
+        known = set(ctx.config.images)
+        new = [str(Path(s).absolute()) for s in sources if str(Path(s).absolute()) not in known]
+        if new:
+            ctx.config.images.extend(new)
+            save_config(ctx.root, ctx.config)
+    return report
+
+
+def held_out(ctx: WorkspaceContext, sha256: str) -> bool:
+    """Whether a labeled image belongs to the fixed validation part: decided by its hash, so it never moves
+    between rounds and does not depend on the order images arrive. Only without a user-given val split."""
+    if ctx.config.val:
+        return False
+    return int(sha256[:8], 16) / 0xFFFFFFFF < ctx.config.val_fraction
+
+
+def ingest_sources(ctx: WorkspaceContext, progress: bool = True) -> AddReport:
+    """Register every source named in labelwise.yaml (the pool, labeled seeds, the val folder)."""
+    total = AddReport()
+    # Labeled sources first: a folder named both as pool and as labeled must arrive with its labels.
+    jobs = [([Path(p) for p in ctx.config.labeled], True, "pool"),
+            ([Path(p) for p in ctx.config.images], False, "pool")]
+    if ctx.config.val:
+        jobs.append(([Path(ctx.config.val)], True, "val"))
+    for sources, labeled, split in jobs:
+        if not sources:
+            continue
+        r = add(ctx, sources, labeled=labeled, split=split, progress=progress)
+        total.added += r.added
+        total.labeled += r.labeled
+        total.duplicates += r.duplicates
+        total.quarantined += r.quarantined
+        total.unlabeled_in_labeled_source += r.unlabeled_in_labeled_source
+    return total

@@ -1,0 +1,86 @@
+"""The round state machine: take the next step, or run as far as possible (to the budget, the stopping rule, a
+number of rounds, or a batch that waits for annotators). Each step persists its result and the next step in the
+store, so a killed process resumes here by running the same command again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labelwise.workflow import annotating, scoring, selecting, training
+from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, finished, open_round
+from labelwise.workflow.status import should_stop
+
+STEPS = ("train", "score", "select", "annotate", "done")
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    n_labeled: int | None
+    map50: float | None
+    selected: list[dict[str, Any]]
+
+
+def step(ctx: WorkspaceContext) -> str | None:
+    """Take the next step. Returns the name of the step done, or None when the loop waits or has finished."""
+    if finished(ctx):
+        return None
+    round_no, name = open_round(ctx)
+    if name == "train":
+        training.train(ctx)
+    elif name == "score":
+        scoring.score(ctx)
+    elif name == "select":
+        selecting.select(ctx)
+    elif name == "annotate":
+        batch = annotating.batch(ctx)
+        backend = annotating.backend(ctx)
+        backend.push(batch)
+        crash_point("after_push")
+        if not annotating.pull(ctx, backend):
+            return None
+    return name
+
+
+def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = None,
+        on_round: Callable[[RoundSummary], None] | None = None) -> str:
+    """Advance as far as possible: through `rounds` completed rounds (default: until the budget or the
+    stopping rule), with the labels in `oracle` standing in for the annotators when given.
+    Returns why it stopped."""
+    completed = 0
+    while True:
+        if finished(ctx):
+            return finished(ctx)  # type: ignore[return-value]
+        round_no, name = open_round(ctx)
+        if name == "score":
+            reason = should_stop(ctx)
+            if reason:
+                ctx.store.update_round(round_no, step="done")
+                ctx.store.kv_set("loop", "finished", reason)
+                return reason
+        if name == "annotate" and oracle is not None:
+            annotating.export(ctx)
+            crash_point("after_push")
+            report = annotating.import_labels(ctx, oracle)
+            if not report.complete:
+                missing = report.pending
+                raise LoopError(f"the oracle {oracle} has no labels for {missing} selected images of round "
+                                f"{round_no}; {'; '.join(report.problems[:3])}")
+        elif name == "annotate":
+            if not step(ctx) and ctx.store.current_round().step != "done":
+                progress = annotating.backend(ctx).progress(annotating.batch(ctx))
+                return (f"waiting for annotations of round {round_no}: {progress.done}/{progress.total} done; "
+                        "run `labelwise annotate wait` or `labelwise import LABELS`, then `labelwise run`")
+        else:
+            step(ctx)
+        current = ctx.store.current_round()
+        if current is not None and current.step == "done" and current.round == round_no:
+            completed += 1
+            if on_round:
+                on_round(RoundSummary(round_no, current.n_labeled, current.map50,
+                                      ctx.store.selection(round_no)))
+            if rounds is not None and completed >= rounds:
+                return f"{completed} round(s) done"

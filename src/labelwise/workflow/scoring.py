@@ -1,0 +1,146 @@
+"""Scoring a round: one inference pass over the pool (cached by image, model and size), the extra passes some
+strategies need (the mirrored image, the committee's members), and the agreement with the previous round's model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelwise.detectors.base import ScoreFailure, TrainRequest
+from labelwise.progress import track
+from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, open_round
+from labelwise.workflow.training import write_bootstrap
+
+
+def score(ctx: WorkspaceContext, progress: bool = True) -> int:
+    """Score every pool image (unlabeled ones for ranking, labeled ones for their embeddings) with the round's
+    model. Returns the number of images that needed inference (0 when all were cached)."""
+    round_no, step = open_round(ctx)
+    if step != "score":
+        raise LoopError(f"round {round_no} is at step '{step}', not 'score'")
+    current = ctx.store.current_round()
+    assert current is not None and current.model_path and current.model_hash
+    started = time.perf_counter()
+    n = score_images(ctx, Path(current.model_path), current.model_hash, progress=progress)
+    n += extra_passes(ctx, round_no, json.loads(current.strategy or "{}"), progress=progress)
+    ctx.store.update_round(round_no, step="select", score_seconds=time.perf_counter() - started,
+                           agreement=agreement_with_previous(ctx, current))
+    return n
+
+
+def agreement_with_previous(ctx: WorkspaceContext, current: Any, stop_set_size: int = 200,
+                            conf: float = 0.25) -> float | None:
+    """Stabilizing predictions: how far this round's model agrees with the previous one on a fixed stop set
+    (the pool images with the smallest hashes: fixed, label-independent, and no extra inference since every
+    pool image is scored each round)."""
+    from labelwise.stopping import prediction_agreement
+
+    previous = [r for r in ctx.store.rounds() if r.round < current.round and r.model_hash]
+    if not previous:
+        return None
+    prev_hash = previous[-1].model_hash
+    shas = sorted(img.sha256 for img in ctx.store.images(split="pool"))[:stop_set_size]
+    pairs = []
+    for sha in shas:
+        a = ctx.store.detections(sha, prev_hash, ctx.config.imgsz)
+        b = ctx.store.detections(sha, current.model_hash, ctx.config.imgsz)
+        if a is None or b is None:
+            continue
+        pairs.append(tuple((d.boxes[keep], d.class_scores[keep].argmax(axis=1)) for d in (a, b)
+                           for keep in [d.class_scores.max(axis=1, initial=0) >= conf]))
+    if not pairs:
+        return None
+    return prediction_agreement([p for p, _ in pairs], [c for _, c in pairs])
+
+
+def score_images(ctx: WorkspaceContext, weights: Path, model_hash: str, *, flip: bool = False,
+                 variant: str | None = None, states: tuple[str, ...] = ("unlabeled", "labeled"),
+                 progress: bool = True) -> int:
+    """Run the detector on the pool images in `states` not yet cached for (model, size, variant); store results in
+    chunks. Returns how many images needed inference."""
+    variant = variant if variant is not None else ("flip" if flip else "")
+    cfg = ctx.config
+    # The cache is keyed by (image, model, size) only; if the thresholds that decide which boxes are kept have
+    # changed since, the cached detections of this model are stale and go.
+    settings = {"conf": cfg.score.conf, "iou": cfg.score.iou, "max_det": cfg.score.max_det}
+    cached_with = ctx.store.kv_get("score_settings", model_hash)
+    if cached_with is not None and cached_with != settings:
+        ctx.store.drop_detections(model_hash)
+    if cached_with != settings:
+        ctx.store.kv_set("score_settings", model_hash, settings)
+    done = ctx.store.scored_shas(model_hash, cfg.imgsz, variant)
+    todo = [img for state in states for img in ctx.store.images(split="pool", state=state)
+            if img.sha256 not in done]
+    if not todo:
+        return 0
+    stream = ctx.detector.score(weights, ((img.sha256, img.path) for img in todo), imgsz=cfg.imgsz,
+                                conf=cfg.score.conf, iou=cfg.score.iou, batch=cfg.score.batch,
+                                device=cfg.device, flip=flip, max_det=cfg.score.max_det)
+    if progress:
+        stream = track(stream, len(todo), "Scoring" + (f" ({variant})" if variant else ""))
+    pending: list[tuple[str, Any]] = []
+    by_sha = {img.sha256: img for img in todo}
+    for sha, result in stream:
+        if isinstance(result, ScoreFailure):
+            ctx.store.quarantine(str(by_sha[sha].path), result.reason)
+            continue
+        pending.append((sha, result))
+        if len(pending) >= 64:  # commit often: a kill loses at most one chunk of inference, never a label
+            ctx.store.put_detections(model_hash, cfg.imgsz, pending, variant)
+            pending = []
+            crash_point("mid_score")
+    if pending:
+        ctx.store.put_detections(model_hash, cfg.imgsz, pending, variant)
+    return len(todo)
+
+
+def extra_passes(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool = True) -> int:
+    """The inference some strategies need beyond the plain pass: the mirrored image for `consistency`, the
+    committee members' passes for `committee`. Cached like the plain pass, so calling it again is free."""
+    current = ctx.store.current_round()
+    assert current is not None and current.model_path and current.model_hash
+    if strategy.get("name") == "consistency":
+        return score_images(ctx, Path(current.model_path), current.model_hash, flip=True,
+                            states=("unlabeled", "selected"), progress=progress)
+    if strategy.get("name") == "committee":
+        return score_committee(ctx, round_no, strategy, progress=progress)
+    return 0
+
+
+def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool) -> int:
+    """Query by committee: N members trained on bootstrap resamples of the labeled set, each warm-started from
+    the round's model for a few epochs, then each scores the unlabeled pool."""
+    current = ctx.store.current_round()
+    assert current is not None and current.model_path
+    cfg = ctx.config
+    members = int(strategy.get("committee_size", 3))
+    epochs = int(strategy.get("committee_epochs", max(1, cfg.train.epochs // 3)))
+    rng = np.random.default_rng(cfg.seed + round_no)
+    labeled = ctx.store.labels("pool")
+    if not labeled:
+        raise LoopError("query by committee needs labeled images to resample; label a seed batch first")
+    # Every member's resample is drawn up front, so member j trains on the same sample whether or not the
+    # members before it were already trained (a resumed run must not give member 1 member 0's sample).
+    samples = [rng.integers(0, len(labeled), size=len(labeled)) for _ in range(members)]
+    n = 0
+    for j in range(members):
+        variant = f"member{j}"
+        weights_path = ctx.store.kv_get("committee", f"r{round_no}/{variant}")
+        if not weights_path or not Path(weights_path).exists():
+            picks = samples[j]
+            data_yaml = write_bootstrap(ctx, round_no, j, [labeled[i] for i in picks])
+            result = ctx.detector.train(TrainRequest(
+                data_yaml=data_yaml, start=current.model_path,
+                out_dir=ctx.round_dir(round_no) / f"committee{j}", epochs=epochs, imgsz=cfg.imgsz,
+                batch=cfg.train.batch, device=cfg.device, seed=cfg.seed + j + 1,
+                options={"nbs": cfg.train.nbs, "warmup_epochs": 0},
+            ))
+            weights_path = str(result.weights)
+            ctx.store.kv_set("committee", f"r{round_no}/{variant}", weights_path)
+        n += score_images(ctx, Path(weights_path), current.model_hash, variant=variant,
+                          states=("unlabeled", "selected"), progress=progress)
+    return n

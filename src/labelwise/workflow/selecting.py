@@ -1,0 +1,227 @@
+"""Selecting a round's batch: the selection inputs from the store (the scored pool, the labeled context, the cold
+start's embeddings, perceptual hashes backfilled for older workspaces), the core's selection, the saved batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelwise.config import ConfigError
+from labelwise.detections import ScoredPool
+from labelwise.fileio import sha256_file
+from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, open_round
+from labelwise.workflow.scoring import extra_passes, score_images
+
+
+def select(ctx: WorkspaceContext, k: int | None = None,
+           strategy: str | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Pick the round's batch (or pick it again while none of it is labeled) and save it with every score
+    component and reason, in one transaction."""
+    from labelwise.selection import LabeledContext, StrategyConfig, cold_start_select
+    from labelwise.selection import select as core_select
+
+    round_no, step = open_round(ctx)
+    if step not in ("select", "annotate"):
+        raise LoopError(f"round {round_no} is at step '{step}'; run `labelwise {step}` first")
+    if step == "annotate":
+        if any(r["outcome"] != "pending" for r in ctx.store.selection(round_no)):
+            raise LoopError(f"round {round_no}'s batch already has imported labels; it cannot be re-selected. "
+                            "Finish it with `labelwise import` / `labelwise annotate pull`.")
+    current = ctx.store.current_round()
+    assert current is not None
+    # Without an explicit strategy, labelwise.yaml as it is NOW decides (strategy / schedule): the round's
+    # record was written when the round opened, before the user may have edited the file for this selection.
+    spec = ctx.config.strategy_for_round(round_no) if strategy is None else (
+        {"name": strategy} if isinstance(strategy, str) else dict(strategy))
+    spec = checked_strategy(ctx, spec)
+    budget = ctx.config.budget
+    unlabeled = ctx.store.image_ids("pool", "unlabeled")
+    if step == "annotate":
+        # Re-selecting: the old picks are candidates again. The store changes only when the new batch is saved
+        # (one transaction below), so a failed re-selection leaves the old batch exactly as it was.
+        old = ctx.store.image_ids("pool", "selected")
+        unlabeled = np.unique(np.concatenate([unlabeled, old])).astype(np.int64)
+    if k is None:
+        k = budget.initial or budget.per_round if not current.model_hash else budget.per_round
+        if budget.total is not None:
+            k = min(k, max(0, budget.total - ctx.store.counts()["pool_labeled"]))
+    known = {f.name for f in dataclasses.fields(StrategyConfig)}
+    try:
+        strategy_config = StrategyConfig.from_dict(
+            {key: v for key, v in spec.items() if key in known} | {"seed": ctx.config.seed + round_no})
+    except ValueError as exc:  # a bad name or value in labelwise.yaml: the user's words, not a traceback
+        raise ConfigError(f"{ctx.root / 'labelwise.yaml'}: {exc}") from None
+    unhashable = backfill_missing_hashes(ctx)
+    labeled_all = ctx.store.image_ids("pool", "labeled")
+    # "labeled hash #J" in a selection's skips is image hash_ids[J]; a labeled file that could not be hashed
+    # (unreadable since it was labeled; quarantined by the backfill) is left out
+    hash_ids = ctx.store.ids_with_hashes(labeled_all) if unhashable else labeled_all
+    start = None if current.model_hash else cold_start_weights(ctx, strategy_config.cold_start)
+    if not current.model_hash and start is None:  # nothing to embed with: only chance can choose
+        spec = {"name": "random", "cold_start": "random"}  # what the rounds table should say this round used
+        rng = np.random.default_rng(ctx.config.seed + round_no)
+        rows = rng.permutation(len(unlabeled))[:k]
+        why = ("cold start: no labels yet, picked at random" if strategy_config.cold_start == "random" else
+               f"cold start: picked at random, because model '{ctx.config.model}' is not a trained checkpoint "
+               f"whose embeddings could choose (cold_start: {strategy_config.cold_start} needs one)")
+        picks = [(int(unlabeled[r]), rank, 0.0, {"random": 1.0}, why) for rank, r in enumerate(rows, start=1)]
+        skipped: list[tuple[int, str, float]] = []
+    else:
+        cfg = ctx.config
+        if current.model_hash:
+            model_hash, n_classes = current.model_hash, len(cfg.classes)
+        else:  # cold start from a pretrained checkpoint: its embeddings only, its classes may be others
+            model_hash, n_classes = sha256_file(start)[:16], None
+            spec = {"name": "cold_start", "cold_start": strategy_config.cold_start, "model": str(start)}
+            score_images(ctx, start, model_hash, states=("unlabeled", "labeled"), progress=True)
+        pool = ctx.store.scored_pool(unlabeled, model_hash, cfg.imgsz, n_classes=n_classes)
+        # The labeled embeddings come with their image ids, in the same order (scored_pool sorts by id), so a
+        # "duplicate of labeled #J" names the right image; a labeled image without an embedding is left out.
+        labeled_pool = ctx.store.scored_pool(labeled_all, model_hash, cfg.imgsz, n_classes=n_classes)
+        labeled_ids = labeled_pool.image_ids
+        labeled_ctx = LabeledContext(
+            embeddings=labeled_pool.embeddings if len(labeled_ids)
+            else np.zeros((0, pool.embeddings.shape[1]), np.float32),
+            class_counts=ctx.store.class_box_counts(len(cfg.classes)),
+            hashes=ctx.store.image_hashes(hash_ids) if pool.hashes is not None else None,
+        )
+        # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
+        # every pair (worst with a young model) and near-duplicate suppression would reject the whole pool.
+        # Centring on the mean of pool and labeled embeddings leaves only what tells images apart.
+        n_all = len(pool) + len(labeled_ctx.embeddings)
+        centre = ((pool.embeddings.sum(axis=0, dtype=np.float64) + labeled_ctx.embeddings.sum(axis=0))
+                  / max(n_all, 1)).astype(np.float32)
+        np.subtract(pool.embeddings, centre, out=pool.embeddings)  # in place: this call owns the copy (140 MB at 80k)
+        labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
+        if current.model_hash:
+            extra: dict[str, Any] = {}
+            extra_passes(ctx, round_no, spec)  # a strategy chosen after scoring may still need its passes
+            if strategy_config.name == "consistency":
+                extra["flipped"] = aligned(ctx, pool, current.model_hash, "flip")
+            if strategy_config.name == "committee":
+                size = int(spec.get("committee_size", 3))
+                extra["members"] = [aligned(ctx, pool, current.model_hash, f"member{j}") for j in range(size)]
+            result = core_select(pool, k, strategy_config, labeled=labeled_ctx, **extra)
+        else:
+            result = cold_start_select(pool, k, strategy_config, labeled=labeled_ctx)
+        picks = [(int(pool.image_ids[row]), rank, float(score), comp, why) for rank, (row, score, comp, why)
+                 in enumerate(zip(result.rows, result.scores, result.components, result.reasons), start=1)]
+        skipped = [(int(pool.image_ids[row]), describe_duplicate(of, pool, labeled_ids, hash_ids), float(sim))
+                   for row, of, sim in result.skipped_duplicates]
+    if not picks and k > 0 and len(unlabeled):
+        raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
+                        f"({len(skipped)} skipped as near-duplicates); lower or switch off "
+                        "strategy.dedup_threshold in labelwise.yaml")
+    crash_point("before_save_selection")
+    with ctx.store.transaction() as c:  # the old batch back to the pool, the new one in, the record: atomic
+        if step == "annotate":
+            c.execute("UPDATE images SET state='unlabeled' WHERE id IN "
+                      "(SELECT image_id FROM selections WHERE round=?) AND state='selected'", (round_no,))
+        if json.dumps(spec) != (current.strategy or ""):
+            ctx.store.update_round(round_no, strategy=json.dumps(spec))
+        ctx.store.save_selection(round_no, picks, skipped, next_step="annotate")
+    return ctx.store.selection(round_no)
+
+
+def backfill_missing_hashes(ctx: WorkspaceContext) -> int:
+    """Perceptual hashes for images registered before labelwise computed them at ingest (older workspaces).
+    Returns how many images could not be hashed (quarantined with the reason)."""
+    from labelwise.pool import backfill_hashes
+
+    failed = backfill_hashes(ctx.store)
+    for path, reason in failed:
+        ctx.store.quarantine(path, reason)
+    return len(failed)
+
+
+def cold_start_plan(ctx: WorkspaceContext) -> str:
+    """How the first batch will be chosen, in words, without loading a model."""
+    method = ctx.config.strategy_for_round(1).get("cold_start", "typical")
+    if method == "random":
+        return "picked at random (cold_start: random)"
+    if Path(ctx.config.model).suffix != ".pt":
+        return f"picked at random: model '{ctx.config.model}' is not a trained checkpoint to embed the pool with"
+    return (f"chosen from the embeddings of {ctx.config.model} "
+            f"({'TypiClust' if method == 'typical' else 'k-center greedy'}, near-duplicates removed first)")
+
+
+def cold_start_weights(ctx: WorkspaceContext, method: str) -> Path | None:
+    """The checkpoint whose embeddings choose the first batch: `model:` when it is a trained checkpoint (a local
+    .pt, or a name Ultralytics downloads), None for a model YAML (random weights embed nothing) or `random`."""
+    if method == "random" or Path(ctx.config.model).suffix != ".pt":
+        return None
+    local = Path(ctx.config.model)
+    if local.exists():
+        return local.absolute()
+    load = getattr(ctx.detector, "load", None)  # e.g. yolo11n.pt, downloaded by Ultralytics when online
+    if load is None:
+        return None
+    path = getattr(load(ctx.config.model), "ckpt_path", None)
+    return Path(path).absolute() if path and Path(path).exists() else None
+
+
+def checked_strategy(ctx: WorkspaceContext, spec: dict[str, Any]) -> dict[str, Any]:
+    """A strategy mapping (from labelwise.yaml, the schedule or --strategy) checked before use: an unknown key is
+    an error, not silently dropped (a typo like `dedup_treshold` must not fall back to the default), and
+    class_quotas may name classes by name as well as by id."""
+    from labelwise.selection import StrategyConfig
+
+    allowed = {f.name for f in dataclasses.fields(StrategyConfig)} | {"committee_size", "committee_epochs"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(f"labelwise.yaml: strategy: unknown key(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+    quotas = spec.get("class_quotas")
+    if quotas:
+        if not isinstance(quotas, dict):
+            raise ConfigError("labelwise.yaml: strategy: class_quotas must map a class (name or id) to a minimum")
+        names = {n: i for i, n in enumerate(ctx.config.classes)}
+        fixed = {}
+        for c, minimum in quotas.items():
+            if c in names:
+                c = names[c]
+            try:
+                c = int(c)
+            except (TypeError, ValueError):
+                raise ConfigError(f"labelwise.yaml: strategy: class_quotas names {c!r}, which is neither a class "
+                                  f"({', '.join(ctx.config.classes)}) nor a class id") from None
+            if not 0 <= c < len(ctx.config.classes):
+                raise ConfigError(f"labelwise.yaml: strategy: class_quotas names class id {c}; ids are 0.."
+                                  f"{len(ctx.config.classes) - 1}")
+            fixed[str(c)] = int(minimum)
+        spec = {**spec, "class_quotas": fixed}
+    return spec
+
+
+def aligned(ctx: WorkspaceContext, pool: ScoredPool, model_hash: str, variant: str) -> ScoredPool:
+    """The `variant` pass (flip, memberJ) row for row with `pool`: the core compares rows, so a missing image is an
+    error here rather than a silent shift of every row after it."""
+    other = ctx.store.scored_pool(pool.image_ids, model_hash, ctx.config.imgsz, variant,
+                                  n_classes=len(ctx.config.classes))
+    if len(other) != len(pool):
+        raise LoopError(f"the '{variant}' pass is missing for {len(pool) - len(other)} of {len(pool)} images "
+                        "(inference failed on them; see `labelwise status` for quarantined files); run "
+                        "`labelwise select` again to retry the pass")
+    return other
+
+
+PERCEPTUAL_HASH = "perceptual hash"
+
+
+def describe_duplicate(of: Any, pool: ScoredPool, labeled_ids: np.ndarray, hash_ids: np.ndarray) -> str:
+    """Turn the core's 'pool row 17' / 'labeled #3' / 'hash of pool row 17' / 'labeled hash #3' into an image id
+    the manifest can name."""
+    text = str(of)
+    try:
+        idx = int(text.rsplit(" ", 1)[-1].lstrip("#"))
+    except ValueError:
+        return text
+    how = f", {PERCEPTUAL_HASH}" if "hash" in text else ""
+    if text.startswith("labeled"):
+        ids = hash_ids if how else labeled_ids
+        return f"image {int(ids[idx])} (labeled{how})" if idx < len(ids) else text
+    return f"image {int(pool.image_ids[idx])} (in this batch{how})" if idx < len(pool) else text

@@ -1,0 +1,92 @@
+"""Where the loop stands: the status with the next command, the stopping advice, and the reason to stop before the
+next selection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labelwise.workflow.context import WorkspaceContext, finished
+from labelwise.workflow.selecting import cold_start_plan
+
+
+@dataclass
+class Status:
+    workspace: Path
+    round: int | None
+    step: str
+    counts: dict[str, int]
+    last_map50: float | None
+    next_command: str
+    message: str
+    quarantined: list[tuple[str, str]]
+    finished: str | None
+    rounds: list[dict[str, Any]]
+    advice: list[Any] = field(default_factory=list)
+
+
+def stop_advice(ctx: WorkspaceContext) -> list[Any]:
+    """Every stopping rule's verdict on the trained rounds so far (the configured rule is one of them)."""
+    from labelwise.stopping import RoundHistory, advise
+
+    trained = [r for r in ctx.store.rounds() if r.map50 is not None]
+    history = RoundHistory(
+        labeled_counts=[r.n_labeled or 0 for r in trained], map50=[r.map50 for r in trained],
+        agreements=[float('nan') if r.agreement is None else r.agreement for r in trained],
+    )
+    s = ctx.config.stopping
+    return advise(history, min_gain=s.min_map_gain, patience=s.patience)
+
+
+def should_stop(ctx: WorkspaceContext) -> str | None:
+    """A reason to stop before the next selection: budget spent, pool empty, or the stopping rule."""
+    counts = ctx.store.counts()
+    budget = ctx.config.budget
+    if budget.total is not None and counts["pool_labeled"] >= budget.total:
+        return f"label budget reached ({counts['pool_labeled']} of {budget.total} labeled)"
+    if counts["pool_unlabeled"] == 0:
+        return "every pool image is labeled"
+    rounds = ctx.store.rounds()
+    if ctx.config.stopping.max_rounds and len(rounds) > ctx.config.stopping.max_rounds:
+        return f"max_rounds ({ctx.config.stopping.max_rounds}) reached"
+    rule = ctx.config.stopping.rule
+    if rule != "none":
+        for advice in stop_advice(ctx):
+            if advice.rule == rule and advice.stop:
+                return f"stopping rule '{rule}': {advice.reason}"
+    return None
+
+
+def status(ctx: WorkspaceContext) -> Status:
+    """The workspace's counts, round, step, the command for the next step, and the stopping advice."""
+    counts = ctx.store.counts()
+    current = ctx.store.current_round()
+    stopped = finished(ctx)
+    trained = [r for r in ctx.store.rounds() if r.map50 is not None]
+    last_map = trained[-1].map50 if trained else None
+    if stopped:
+        step, cmd, msg = "finished", "labelwise report", f"the loop has finished: {stopped}"
+    elif current is None or current.step == "done":
+        nxt = "train" if counts["pool_labeled"] else "select"
+        step, cmd = nxt, f"labelwise {nxt}" if nxt == "train" else "labelwise select"
+        msg = (f"round {(current.round if current else 0) + 1} starts with "
+               + ("training" if nxt == "train" else "the first batch (nothing is labeled yet): "
+                  + cold_start_plan(ctx)))
+    elif current.step == "annotate":
+        sel = ctx.store.selection(current.round)
+        pending = sum(1 for r in sel if r["outcome"] == "pending")
+        step, cmd = "annotate", "labelwise export  (then label, then)  labelwise import LABELS"
+        msg = f"round {current.round}: {len(sel) - pending}/{len(sel)} selected images labeled"
+    else:
+        step, cmd, msg = current.step, f"labelwise {current.step}", f"round {current.round}: next is {current.step}"
+    rounds = [{"round": r.round, "step": r.step, "n_labeled": r.n_labeled, "map50": r.map50,
+               "map50_95": r.map50_95, "strategy": json.loads(r.strategy or "{}").get("name")}
+              for r in ctx.store.rounds()]
+    try:
+        advice = stop_advice(ctx)
+    except Exception as exc:  # advice must never hide the status itself
+        advice = [f"stopping advice unavailable: {exc}"]
+    return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
+                  ctx.store.quarantined(), stopped, rounds, advice)
