@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from labelwise.loop import Workspace
-from labelwise.pool import ImageFile, Rejected, inspect_image
+from labelwise.boxes import EDGE_TOLERANCE
+from labelwise.pool import ImageFile, Rejected, inspect_image, parse_yolo_label
 
 
 def _image(path: Path, seed: int, size=(64, 48)) -> Path:
@@ -69,3 +70,94 @@ def test_add_quarantines_a_decompression_bomb_and_goes_on(tmp_path):
     assert report.added == 1
     reasons = dict(ws.store.quarantined())
     assert "200,000,000 pixels" in reasons[str(pool / "a_huge.png")]
+
+
+# -- 2. label lines Ultralytics accepts ----------------------------------------------------------------------------------
+
+POLYGON = "1 0.1 0.2 0.5 0.15 0.6 0.7 0.2 0.65"  # 4 points: box x 0.1..0.6, y 0.15..0.7
+
+
+def test_a_polygon_line_becomes_its_bounding_box():
+    (cls, cx, cy, w, h), = parse_yolo_label(POLYGON + "\n", 2, "labels/x.txt")
+    assert cls == 1
+    assert (cx, cy, w, h) == pytest.approx((0.35, 0.425, 0.5, 0.55))
+
+
+def test_boxes_and_polygons_match_what_ultralytics_reads(tmp_path):
+    utils = pytest.importorskip("ultralytics.data.utils")
+    image = _image(tmp_path / "images" / "a.png", 1)
+    for n, text in enumerate([POLYGON + "\n0 0.3 0.3 0.2 0.2 0.25 0.4\n",  # two polygons (3 and 4 points)
+                              "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n"]):
+        label = tmp_path / "labels" / f"a{n}.txt"
+        label.parent.mkdir(exist_ok=True)
+        label.write_text(text)
+        lb = utils.verify_image_label((str(image), str(label), "", False, 2, 0, 0, False))[1]
+        assert lb is not None, "Ultralytics refused the label file"
+        ours = np.array(parse_yolo_label(text, 2, str(label)))
+        np.testing.assert_allclose(ours, lb, atol=1e-6)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("0 0.5 0.5 1.000001 0.2", (0, 0.5, 0.5, 1.0, 0.2)),            # edges at -5e-7 and 1 + 5e-7
+    ("0 0.0004 0.5 0.001 0.2", (0, 0.00045, 0.5, 0.0009, 0.2)),      # left edge -1e-4: clipped to 0
+    ("0 0.9998 0.9998 0.001 0.001", (0, 0.99965, 0.99965, 0.0007, 0.0007)),  # right, bottom edges 1.0003
+    ("0 -1e-6 0.2 0.3 0.2 0.3 0.6", (0, 0.15, 0.4, 0.3, 0.4)),      # polygon point a hair left of the image
+    ("0 0.5 0.5 1.0000001 0.5 0.7 1.0", (0, 0.75, 0.75, 0.5, 0.5)),
+])
+def test_coordinates_within_the_edge_tolerance_are_clipped(text, want):
+    (got,) = parse_yolo_label(text + "\n", 2, "labels/x.txt")
+    assert got[0] == want[0]
+    assert got[1:] == pytest.approx(want[1:], abs=1e-12)
+    assert 0 <= got[1] - got[3] / 2 + 1e-15 and got[1] + got[3] / 2 <= 1 + 1e-15
+
+
+@pytest.mark.parametrize("text, value", [
+    ("0 0.5 0.5 1.01 0.2", "left edge cx - w/2 = -0.005"),
+    ("0 0.5 0.995 0.2 0.02", "bottom edge cy + h/2 = 1.005"),
+    ("0 0.1 0.2 0.5 0.15 1.002 0.7", "x3 = 1.002"),
+    ("0 0.1 -0.0011 0.5 0.15 0.6 0.7", "y1 = -0.0011"),
+])
+def test_coordinates_beyond_the_edge_tolerance_are_refused_naming_the_value(text, value):
+    with pytest.raises(ValueError) as info:
+        parse_yolo_label("0 0.5 0.5 0.1 0.1\n" + text + "\n", 2, "labels/x.txt")
+    message = str(info.value)
+    assert message.startswith("labels/x.txt:2:") and value in message and "outside" in message
+
+
+def test_the_tolerance_is_the_one_of_labelwise_boxes(monkeypatch):
+    import labelwise.pool
+
+    assert labelwise.pool.EDGE_TOLERANCE is EDGE_TOLERANCE
+    monkeypatch.setattr(labelwise.pool, "EDGE_TOLERANCE", 0.02)
+    assert parse_yolo_label("0 0.5 0.5 1.02 0.2", 1, "x")[0][3] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("0 0.1 0.2 0.5 0.15 0.6 0.7 0.2", "8 fields"),                  # an odd number of coordinates
+    ("0 0.1 0.2 0.5", "4 fields"),
+    ("0 0.5 0.5 0.2 0.2 0.87", "prediction file"),
+    ("0 0.1 0.2 0.5 0.2 0.9 0.2", "empty"),                           # a polygon on one line
+])
+def test_lines_that_are_neither_box_nor_polygon_are_refused(text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        parse_yolo_label(text, 2, "labels/x.txt")
+
+
+def test_a_byte_order_mark_is_allowed():
+    assert parse_yolo_label("\ufeff0 0.5 0.5 0.2 0.2\n", 1, "x") == [(0, 0.5, 0.5, 0.2, 0.2)]
+
+
+def test_add_takes_polygon_labels_instead_of_quarantining_the_image(tmp_path):
+    images = tmp_path / "d" / "images"
+    _image(images / "seg.png", 1)
+    _image(images / "noise.png", 2)
+    labels = tmp_path / "d" / "labels"
+    labels.mkdir(parents=True)
+    (labels / "seg.txt").write_text(POLYGON + "\n")
+    (labels / "noise.txt").write_text("0 0.5 0.5 1.0000002 0.3\n")
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a", "b"], labeled=[images], val_fraction=0.0)
+    report = ws.ingest_sources(progress=False)
+    assert report.quarantined == [] and report.labeled == 2
+    seg = next(i for i in ws.store.images() if i.path.name == "seg.png")
+    assert ws.store.label(seg.id)[0][0] == 1
+    assert ws.store.label(seg.id)[0][1:] == pytest.approx((0.35, 0.425, 0.5, 0.55))

@@ -20,6 +20,7 @@ import imagehash
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
+from labelwise.boxes import EDGE_TOLERANCE
 from labelwise.fileio import sha256_file
 from labelwise.neardup import bits_to_uint64
 
@@ -168,33 +169,57 @@ def label_path_for(image_path: Path) -> Path:
 
 
 def parse_yolo_label(text: str, n_classes: int, where: str) -> list[YoloBox]:
-    """Parse YOLO txt (`class cx cy w h` per line, normalised). Raises ValueError naming `where` and the line.
+    """Parse a YOLO label file into boxes. Raises ValueError naming `where` and the line.
 
-    An empty file is a valid "no objects" image. Coordinates must lie in [0, 1] (a rounding slack of 1e-6 is
-    allowed) and the box must lie inside the image; nothing is clamped silently.
+    Each line is, as Ultralytics reads it, either a box `class cx cy w h` or a polygon `class x1 y1 x2 y2 ... xn yn`
+    (segmentation labels: an odd number of fields, at least 7, i.e. 3 points or more); a polygon becomes its
+    bounding box, as Ultralytics' `segments2boxes` does. All values are normalised to the image side. An empty file
+    is a valid "no objects" image; a UTF-8 byte-order mark is allowed.
+
+    A box edge or polygon point may lie up to `labelwise.boxes.EDGE_TOLERANCE` outside [0, 1] (float noise from
+    exports) and is then clipped to the image; further out, or an empty box, is refused with the value named.
     """
     boxes: list[YoloBox] = []
-    for line_no, raw in enumerate(text.splitlines(), start=1):
+    for line_no, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         fields = line.split()
-        if len(fields) != 5:
-            raise ValueError(f"{where}:{line_no}: {len(fields)} fields, expected 5 (class cx cy w h): {line!r}")
+        here = f"{where}:{line_no}"
+        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+            hint = " (a sixth number looks like a confidence: this is a prediction file, not labels)" \
+                if len(fields) == 6 else ""
+            raise ValueError(f"{here}: {len(fields)} fields, expected 5 (class cx cy w h) or a polygon "
+                             f"(class x1 y1 x2 y2 ... xn yn, 3 points or more){hint}: {line!r}")
         try:
             cls_f = float(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
+            values = [float(v) for v in fields[1:]]
         except ValueError:
-            raise ValueError(f"{where}:{line_no}: not numbers: {line!r}") from None
+            raise ValueError(f"{here}: not numbers: {line!r}") from None
         if cls_f != int(cls_f) or not 0 <= int(cls_f) < n_classes:
-            raise ValueError(f"{where}:{line_no}: unknown class id {fields[0]} (classes are 0..{n_classes - 1}); "
+            raise ValueError(f"{here}: unknown class id {fields[0]} (classes are 0..{n_classes - 1}); "
                              "fix the id or add the class to labelwise.yaml")
-        eps = 1e-6
-        if not all(-eps <= v <= 1 + eps for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
-            raise ValueError(f"{where}:{line_no}: coordinates must be in [0, 1] with w, h > 0: {line!r}")
-        if cx - w / 2 < -eps or cy - h / 2 < -eps or cx + w / 2 > 1 + eps or cy + h / 2 > 1 + eps:
-            raise ValueError(f"{where}:{line_no}: box reaches outside the image: {line!r}")
-        boxes.append((int(cls_f), cx, cy, w, h))
+        if len(fields) == 5:
+            cx, cy, w, h = values
+            if w <= 0 or h <= 0:
+                raise ValueError(f"{here}: coordinates must be in [0, 1] with w, h > 0: {line!r}")
+            corners = (("left edge cx - w/2", cx - w / 2), ("top edge cy - h/2", cy - h / 2),
+                       ("right edge cx + w/2", cx + w / 2), ("bottom edge cy + h/2", cy + h / 2))
+        else:
+            corners = tuple((f"{'xy'[i % 2]}{i // 2 + 1}", v) for i, v in enumerate(values))
+        for name, v in corners:
+            if not -EDGE_TOLERANCE <= v <= 1 + EDGE_TOLERANCE:
+                raise ValueError(f"{here}: box reaches outside the image: {name} = {v:g} is outside [0, 1] by more "
+                                 f"than {EDGE_TOLERANCE:g}; fix the box: {line!r}")
+        xs = [min(max(v, 0.0), 1.0) for name, v in corners[0::2]]
+        ys = [min(max(v, 0.0), 1.0) for name, v in corners[1::2]]
+        x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"{here}: the box is empty (width or height 0 within the image): {line!r}")
+        if len(fields) == 5 and x1 == cx - w / 2 and x2 == cx + w / 2 and y1 == cy - h / 2 and y2 == cy + h / 2:
+            boxes.append((int(cls_f), cx, cy, w, h))  # inside the image: the numbers exactly as written
+        else:
+            boxes.append((int(cls_f), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
     return boxes
 
 
