@@ -161,3 +161,36 @@ def test_add_takes_polygon_labels_instead_of_quarantining_the_image(tmp_path):
     seg = next(i for i in ws.store.images() if i.path.name == "seg.png")
     assert ws.store.label(seg.id)[0][0] == 1
     assert ws.store.label(seg.id)[0][1:] == pytest.approx((0.35, 0.425, 0.5, 0.55))
+
+
+# -- 3. non-finite numbers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["inf", "-inf", "nan", "NaN", "1e400", "Infinity"])
+def test_a_non_finite_class_id_is_a_value_error_naming_file_and_line(cls):
+    with pytest.raises(ValueError) as info:
+        parse_yolo_label(f"0 0.5 0.5 0.1 0.1\n{cls} 0.5 0.5 0.2 0.2\n", 2, "labels/x.txt")
+    assert str(info.value).startswith("labels/x.txt:2: unknown class id")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_coordinate_is_a_value_error_naming_file_and_line(value):
+    for text in (f"0 0.5 {value} 0.2 0.2", f"0 0.1 0.2 0.5 {value} 0.6 0.7"):
+        with pytest.raises(ValueError) as info:
+            parse_yolo_label(text, 2, "labels/x.txt")
+        assert str(info.value).startswith("labels/x.txt:1:") and "not a finite number" in str(info.value)
+
+
+def test_add_quarantines_a_non_finite_class_and_goes_on(tmp_path):
+    images = tmp_path / "d" / "images"
+    labels = tmp_path / "d" / "labels"
+    labels.mkdir(parents=True)
+    for n, cls in enumerate(["inf", "nan", "0"]):
+        _image(images / f"{n}.png", n)
+        (labels / f"{n}.txt").write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], labeled=[images], val_fraction=0.0)
+    report = ws.add([images], labeled=True, progress=False)
+    assert report.labeled == 1
+    reasons = dict(ws.store.quarantined())
+    assert "0.txt:1: unknown class id inf" in reasons[str(images / "0.png")]
+    assert "1.txt:1: unknown class id nan" in reasons[str(images / "1.png")]

@@ -9,6 +9,7 @@ see `labelwise.neardup`), so near duplicates can be found before any model exist
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -196,9 +197,13 @@ def parse_yolo_label(text: str, n_classes: int, where: str) -> list[YoloBox]:
             values = [float(v) for v in fields[1:]]
         except ValueError:
             raise ValueError(f"{here}: not numbers: {line!r}") from None
-        if cls_f != int(cls_f) or not 0 <= int(cls_f) < n_classes:
+        # float() takes "inf" and "nan": compare before int(), which would raise without naming the file
+        if not (0 <= cls_f < n_classes and cls_f == math.floor(cls_f)):
             raise ValueError(f"{here}: unknown class id {fields[0]} (classes are 0..{n_classes - 1}); "
                              "fix the id or add the class to labelwise.yaml")
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ValueError(f"{here}: coordinate {bad} is not a finite number; fix the box: {line!r}")
         if len(fields) == 5:
             cx, cy, w, h = values
             if w <= 0 or h <= 0:
