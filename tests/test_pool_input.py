@@ -17,7 +17,8 @@ from PIL import Image
 
 from labelwise.loop import Workspace
 from labelwise.boxes import EDGE_TOLERANCE
-from labelwise.pool import ImageFile, Rejected, inspect_image, parse_yolo_label
+from labelwise.pool import ImageFile, Rejected, inspect_image, parse_yolo_label, read_yolo_label
+from labelwise.quoting import QUOTE_LIMIT, quote
 
 
 def _image(path: Path, seed: int, size=(64, 48)) -> Path:
@@ -192,5 +193,39 @@ def test_add_quarantines_a_non_finite_class_and_goes_on(tmp_path):
     report = ws.add([images], labeled=True, progress=False)
     assert report.labeled == 1
     reasons = dict(ws.store.quarantined())
-    assert "0.txt:1: unknown class id inf" in reasons[str(images / "0.png")]
-    assert "1.txt:1: unknown class id nan" in reasons[str(images / "1.png")]
+    assert "0.txt:1: unknown class id 'inf'" in reasons[str(images / "0.png")]
+    assert "1.txt:1: unknown class id 'nan'" in reasons[str(images / "1.png")]
+
+
+# -- 4. a huge line is quoted cut -----------------------------------------------------------------------------------------
+
+
+def test_quote_cuts_long_text_and_says_how_long_it_was():
+    assert quote("0 0.5 0.5") == "'0 0.5 0.5'"
+    assert quote(b"ab") == "b'ab'"
+    cut = quote("\x00" * 20_000_000)
+    assert len(cut) < QUOTE_LIMIT + 40 and cut.startswith("'\\x00\\x00") and "20,000,000 characters" in cut
+    exact = "x" * (QUOTE_LIMIT - 2)
+    assert quote(exact) == repr(exact)  # fits with its quotes: not cut
+
+
+@pytest.mark.parametrize("line", [
+    "\x00" * 2_000_000,                          # one field
+    "0 " + "0.5 " * 1_000_000,                   # a polygon of an odd number of coordinates
+    "0 0.5 0.5 0.2 " + "9" * 1_000_000,          # a huge number (inf)
+    "9" * 1_000_000 + " 0.5 0.5 0.2 0.2",        # a huge class id
+    "0 0.5 0.5 0.2 0.2 " + "x" * 1_000_000,      # six fields
+])
+def test_a_huge_label_line_gives_a_short_message(line):
+    with pytest.raises(ValueError) as info:
+        parse_yolo_label(line, 2, "labels/x.txt")
+    message = str(info.value)
+    assert message.startswith("labels/x.txt:1:") and len(message) < 600
+
+
+def test_a_label_file_of_one_huge_line_of_nul_bytes_gives_a_short_message(tmp_path):
+    label = tmp_path / "a.txt"
+    label.write_bytes(b"\x00" * 20_000_000)  # what a 20 KB zip can hold
+    with pytest.raises(ValueError) as info:
+        read_yolo_label(label, 2)
+    assert len(str(info.value)) < 600 and "20,000,000 characters" in str(info.value)

@@ -74,7 +74,7 @@ def test_bad_files_are_quarantined_with_a_message_naming_the_file(tmp_path):
     assert "truncated.jpg" in reasons[str(pool / "truncated.jpg")] and "corrupt" in reasons[str(pool / "truncated.jpg")]
     assert "bad_line.txt:2" in reasons[str(pool / "bad_line.png")]
     assert "4 fields" in reasons[str(pool / "bad_line.png")]
-    assert "unknown class id 7" in reasons[str(pool / "bad_class.png")]
+    assert "unknown class id '7'" in reasons[str(pool / "bad_class.png")]
     assert "bad_class.txt:1" in reasons[str(pool / "bad_class.png")]
     assert "[0, 1]" in reasons[str(pool / "outside.png")]
     # empty label file = a valid image with no objects; a missing label file = unlabeled

@@ -15,6 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from labelwise.quoting import quote
+
 __all__ = ["ArchiveError", "safe_extract", "safe_member_path"]
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -32,10 +34,10 @@ def safe_member_path(name: str, archive: Path | str = "archive") -> PurePosixPat
     """
     raw = name.replace("\\", "/")
     if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or "\x00" in raw:
-        raise ArchiveError(f"{archive}: member {name!r} has an absolute path; refusing to unpack the archive")
+        raise ArchiveError(f"{archive}: member {quote(name)} has an absolute path; refusing to unpack the archive")
     parts = [p for p in PurePosixPath(raw).parts if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise ArchiveError(f"{archive}: member {name!r} would leave the target folder ('..'); refusing to unpack the archive")
+        raise ArchiveError(f"{archive}: member {quote(name)} would leave the target folder ('..'); refusing to unpack the archive")
     return PurePosixPath(*parts) if parts else None
 
 
@@ -74,7 +76,7 @@ def safe_extract(
     target.mkdir(parents=True, exist_ok=True)
     for rel, _ in members:
         if (target / rel).exists() and not (target / rel).is_dir():
-            raise ArchiveError(f"{archive}: member {rel} already exists in {target}; unpack into an empty folder")
+            raise ArchiveError(f"{archive}: member {quote(str(rel))} already exists in {target}; unpack into an empty folder")
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
     written: list[Path] = []
     try:
@@ -107,15 +109,15 @@ def _zip_members(archive: Path, max_bytes: int, max_members: int) -> list[tuple[
         mode = (info.external_attr >> 16) if info.create_system == 3 else 0
         kind = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
         if kind and stat.S_ISLNK(mode):
-            raise ArchiveError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.filename)} is a symbolic link; refusing to unpack the archive")
         if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise ArchiveError(f"{archive}: member {info.filename!r} is not a regular file; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.filename)} is not a regular file; refusing to unpack the archive")
         rel = safe_member_path(info.filename, archive)
         if info.is_dir() or rel is None:
             continue
         key = str(rel)
         if key in seen:
-            raise ArchiveError(f"{archive}: member {info.filename!r} appears twice; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.filename)} appears twice; refusing to unpack the archive")
         seen.add(key)
         total += info.file_size
         members.append((rel, info))
@@ -134,15 +136,15 @@ def _tar_members(archive: Path, max_bytes: int, max_members: int) -> list[tuple[
         raise ArchiveError(f"{archive}: cannot read the tar archive ({exc})") from None
     for info in infos:
         if info.issym() or info.islnk():
-            raise ArchiveError(f"{archive}: member {info.name!r} is a link; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.name)} is a link; refusing to unpack the archive")
         if not (info.isfile() or info.isdir()):
-            raise ArchiveError(f"{archive}: member {info.name!r} is not a regular file; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.name)} is not a regular file; refusing to unpack the archive")
         rel = safe_member_path(info.name, archive)
         if info.isdir() or rel is None:
             continue
         key = str(rel)
         if key in seen:
-            raise ArchiveError(f"{archive}: member {info.name!r} appears twice; refusing to unpack the archive")
+            raise ArchiveError(f"{archive}: member {quote(info.name)} appears twice; refusing to unpack the archive")
         seen.add(key)
         total += info.size
         members.append((rel, info.name))
@@ -169,7 +171,7 @@ class _tar_reader:
         def read(name: str):
             fh = self.tf.extractfile(name)
             if fh is None:
-                raise ArchiveError(f"member {name!r} cannot be read")
+                raise ArchiveError(f"member {quote(name)} cannot be read")
             return fh
 
         return read

@@ -24,6 +24,7 @@ from PIL.Image import DecompressionBombError
 from labelwise.boxes import EDGE_TOLERANCE
 from labelwise.fileio import sha256_file
 from labelwise.neardup import bits_to_uint64
+from labelwise.quoting import quote
 
 if TYPE_CHECKING:
     from labelwise.store import Store
@@ -191,23 +192,23 @@ def parse_yolo_label(text: str, n_classes: int, where: str) -> list[YoloBox]:
             hint = " (a sixth number looks like a confidence: this is a prediction file, not labels)" \
                 if len(fields) == 6 else ""
             raise ValueError(f"{here}: {len(fields)} fields, expected 5 (class cx cy w h) or a polygon "
-                             f"(class x1 y1 x2 y2 ... xn yn, 3 points or more){hint}: {line!r}")
+                             f"(class x1 y1 x2 y2 ... xn yn, 3 points or more){hint}: {quote(line)}")
         try:
             cls_f = float(fields[0])
             values = [float(v) for v in fields[1:]]
         except ValueError:
-            raise ValueError(f"{here}: not numbers: {line!r}") from None
+            raise ValueError(f"{here}: not numbers: {quote(line)}") from None
         # float() takes "inf" and "nan": compare before int(), which would raise without naming the file
         if not (0 <= cls_f < n_classes and cls_f == math.floor(cls_f)):
-            raise ValueError(f"{here}: unknown class id {fields[0]} (classes are 0..{n_classes - 1}); "
+            raise ValueError(f"{here}: unknown class id {quote(fields[0])} (classes are 0..{n_classes - 1}); "
                              "fix the id or add the class to labelwise.yaml")
         bad = next((v for v in values if not math.isfinite(v)), None)
         if bad is not None:
-            raise ValueError(f"{here}: coordinate {bad} is not a finite number; fix the box: {line!r}")
+            raise ValueError(f"{here}: coordinate {bad} is not a finite number; fix the box: {quote(line)}")
         if len(fields) == 5:
             cx, cy, w, h = values
             if w <= 0 or h <= 0:
-                raise ValueError(f"{here}: coordinates must be in [0, 1] with w, h > 0: {line!r}")
+                raise ValueError(f"{here}: coordinates must be in [0, 1] with w, h > 0: {quote(line)}")
             corners = (("left edge cx - w/2", cx - w / 2), ("top edge cy - h/2", cy - h / 2),
                        ("right edge cx + w/2", cx + w / 2), ("bottom edge cy + h/2", cy + h / 2))
         else:
@@ -215,12 +216,12 @@ def parse_yolo_label(text: str, n_classes: int, where: str) -> list[YoloBox]:
         for name, v in corners:
             if not -EDGE_TOLERANCE <= v <= 1 + EDGE_TOLERANCE:
                 raise ValueError(f"{here}: box reaches outside the image: {name} = {v:g} is outside [0, 1] by more "
-                                 f"than {EDGE_TOLERANCE:g}; fix the box: {line!r}")
+                                 f"than {EDGE_TOLERANCE:g}; fix the box: {quote(line)}")
         xs = [min(max(v, 0.0), 1.0) for name, v in corners[0::2]]
         ys = [min(max(v, 0.0), 1.0) for name, v in corners[1::2]]
         x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
         if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"{here}: the box is empty (width or height 0 within the image): {line!r}")
+            raise ValueError(f"{here}: the box is empty (width or height 0 within the image): {quote(line)}")
         if len(fields) == 5 and x1 == cx - w / 2 and x2 == cx + w / 2 and y1 == cy - h / 2 and y2 == cy + h / 2:
             boxes.append((int(cls_f), cx, cy, w, h))  # inside the image: the numbers exactly as written
         else:
