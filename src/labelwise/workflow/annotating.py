@@ -158,7 +158,8 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult) -> ImportRe
             crash_point("mid_import")
         outcomes = [r["outcome"] for r in store.selection(current.round)]
         report.pending = outcomes.count("pending")
-        if report.pending == 0 and store.current_round().step == "annotate":
+        # An empty batch is never complete: closing its round would open the next at once, with nothing learned.
+        if outcomes and report.pending == 0 and store.current_round().step == "annotate":
             store.update_round(current.round, step="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
             report.complete = True
     return report

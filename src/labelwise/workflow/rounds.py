@@ -11,7 +11,7 @@ from typing import Any
 
 from labelwise.workflow import annotating, scoring, selecting, training
 from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, finished, open_round
-from labelwise.workflow.status import should_stop
+from labelwise.workflow.status import selection_blocked, should_stop
 
 STEPS = ("train", "score", "select", "annotate", "done")
 
@@ -55,13 +55,23 @@ def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = 
         if finished(ctx):
             return finished(ctx)  # type: ignore[return-value]
         round_no, name = open_round(ctx)
+        if name == "annotate" and not ctx.store.selection(round_no):
+            name = "select"  # an empty batch (saved before empty selections were refused): select it again
         if name == "score":
             reason = should_stop(ctx)
             if reason:
                 ctx.store.update_round(round_no, step="done")
                 ctx.store.kv_set("loop", "finished", reason)
                 return reason
-        if name == "annotate" and oracle is not None:
+        if name == "select":
+            # The stopping rule waits for the next score step; a spent budget or an empty pool stops now, or
+            # every round would select nothing, complete at once, and open the next one.
+            reason = selection_blocked(ctx)
+            if reason:
+                ctx.store.kv_set("loop", "finished", reason)
+                return reason
+            selecting.select(ctx)
+        elif name == "annotate" and oracle is not None:
             annotating.export(ctx)
             crash_point("after_push")
             report = annotating.import_labels(ctx, oracle)

@@ -47,8 +47,23 @@ def select(ctx: WorkspaceContext, k: int | None = None,
         unlabeled = np.unique(np.concatenate([unlabeled, old])).astype(np.int64)
     if k is None:
         k = budget.initial or budget.per_round if not current.model_hash else budget.per_round
+        setting = "budget.initial" if not current.model_hash and budget.initial else "budget.per_round"
+        if k <= 0:
+            raise LoopError(f"nothing to select: {setting} is {k} in {ctx.root / 'labelwise.yaml'}; set it to the "
+                            "number of images to label in a round (at least 1)")
         if budget.total is not None:
-            k = min(k, max(0, budget.total - ctx.store.counts()["pool_labeled"]))
+            labeled = ctx.store.counts()["pool_labeled"]
+            k = min(k, budget.total - labeled)
+            if k <= 0:
+                raise LoopError(f"nothing to select: the label budget is spent ({labeled} labeled, budget.total "
+                                f"{budget.total} in {ctx.root / 'labelwise.yaml'}); raise budget.total to label "
+                                "more")
+    elif k <= 0:
+        raise LoopError(f"nothing to select: the batch size k is {k}; give at least 1")
+    # An empty batch would complete its round at once (nothing pending) and open the next one: never save one.
+    if not len(unlabeled):
+        raise LoopError("nothing to select: no unlabeled pool image is left; add images with "
+                        f"`labelwise add -w {ctx.root} IMAGES`")
     known = {f.name for f in dataclasses.fields(StrategyConfig)}
     try:
         strategy_config = StrategyConfig.from_dict(
@@ -112,7 +127,7 @@ def select(ctx: WorkspaceContext, k: int | None = None,
                  in enumerate(zip(result.rows, result.scores, result.components, result.reasons), start=1)]
         skipped = [(int(pool.image_ids[row]), describe_duplicate(of, pool, labeled_ids, hash_ids), float(sim))
                    for row, of, sim in result.skipped_duplicates]
-    if not picks and k > 0 and len(unlabeled):
+    if not picks:
         raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
                         f"({len(skipped)} skipped as near-duplicates); lower or switch off "
                         "strategy.dedup_threshold in labelwise.yaml")

@@ -40,14 +40,29 @@ def stop_advice(ctx: WorkspaceContext) -> list[Any]:
     return advise(history, min_gain=s.min_map_gain, patience=s.patience)
 
 
+def selection_blocked(ctx: WorkspaceContext) -> str | None:
+    """Why no batch can be selected however the model does: the label budget is spent or nothing is left to label.
+    Checked before every selection, not only after training: a round whose batch would be empty would otherwise
+    close at once and open the next one, forever."""
+    counts = ctx.store.counts()
+    total = ctx.config.budget.total
+    if total is not None and total <= 0:
+        return (f"budget.total is {total} in {ctx.root / 'labelwise.yaml'}, so no image can be labeled; set it to "
+                "the number of pool images to label in all (or remove it for no cap), then run again")
+    if total is not None and counts["pool_labeled"] >= total:
+        return f"label budget reached ({counts['pool_labeled']} of {total} labeled)"
+    if counts["pool_unlabeled"] == 0:
+        if counts["pool_labeled"] + counts["pool_selected"] == 0:
+            return f"the pool has no images; add some with `labelwise add -w {ctx.root} IMAGES`"
+        return "every pool image is labeled"
+    return None
+
+
 def should_stop(ctx: WorkspaceContext) -> str | None:
     """A reason to stop before the next selection: budget spent, pool empty, or the stopping rule."""
-    counts = ctx.store.counts()
-    budget = ctx.config.budget
-    if budget.total is not None and counts["pool_labeled"] >= budget.total:
-        return f"label budget reached ({counts['pool_labeled']} of {budget.total} labeled)"
-    if counts["pool_unlabeled"] == 0:
-        return "every pool image is labeled"
+    blocked = selection_blocked(ctx)
+    if blocked:
+        return blocked
     rounds = ctx.store.rounds()
     if ctx.config.stopping.max_rounds and len(rounds) > ctx.config.stopping.max_rounds:
         return f"max_rounds ({ctx.config.stopping.max_rounds}) reached"
