@@ -7,6 +7,7 @@ with percent rectangles computed from the pixels a person dragged, `lead_time` i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -162,8 +163,12 @@ def test_round_trip_yolo_boxes_equal_known_boxes(ls, api, pool):
 
     prog = be.progress(batch)
     assert (prog.total, prog.done, prog.skipped) == (6, 5, 0)
+    assert (prog.accepted, prog.rejected, prog.pending) == (5, 0, 1)
     result = be.pull(batch)
-    assert result.problems == ()
+    assert result.problems == () and result.held == ()
+    assert result.counts() == prog
+    assert {o.sha256: o.status for o in result.tasks} == {
+        i.sha256: "accepted" if i.sha256 in known else "pending" for i in batch.items}
     got = {a.sha256: a for a in result.labels}
     assert set(got) == set(known)  # the unannotated image is not finished
     for sha, boxes in known.items():
@@ -174,7 +179,7 @@ def test_round_trip_yolo_boxes_equal_known_boxes(ls, api, pool):
             assert g[0] == k[0]
             assert g[1:] == pytest.approx(k[1:], abs=1e-6)
         assert ann.annotator == "tester@labelwise.local"
-        assert ann.source.startswith(f"label_studio task {tasks[sha]['id']} ")
+        assert ann.source.startswith(f"label_studio:project={pid}:task={tasks[sha]['id']}:annotation=")
         assert ann.updated_at
     assert sorted(a.lead_time_s for a in result.labels) == [1.5, 2.5, 3.5, 4.5, 5.5]
     assert be.pull(batch) == result  # pulling twice changes nothing
@@ -194,10 +199,20 @@ def test_push_twice_and_after_a_lost_state_creates_no_duplicates(ls, api, pool):
     state.values = {k: v for k, v in state.values.items() if "/round/" not in k}
     be.push(batch)
     assert sorted(t["id"] for t in project_tasks(api, pid)) == first
-    # a fresh state (another machine, or lost): the project is found by title, nothing is duplicated
+    # a push killed between creating the project and recording its id: found again by the workspace's key
+    del state.values["label_studio/project_id"]
+    be.push(batch)
+    assert be.project_id == pid
+    assert sorted(t["id"] for t in project_tasks(api, pid)) == first
+    # a fresh state (another workspace, or lost): a project that only has the title is NOT adopted
     be2 = backend(ls, DictState(), title=be.project_title)
-    be2.push(batch)
-    assert be2.project_id == pid
+    with pytest.raises(AnnotationError, match=f"already has a project titled .*id {pid}.*annotation.project_id: {pid}"):
+        be2.push(batch)
+    assert be2.project_id is None
+    # ... only when told its id
+    be3 = backend(ls, DictState(), title=be.project_title, project_id=pid)
+    be3.push(batch)
+    assert be3.project_id == pid
     assert sorted(t["id"] for t in project_tasks(api, pid)) == first
     assert len(api.get("/api/storages/localfiles", params={"project": pid}).json()) == 1
     # the next round: a new model version, new tasks, the old ones kept
@@ -225,7 +240,7 @@ def test_newest_annotation_wins(ls, api, pool):
     assert resp.status_code == 200, resp.text
     (ann,) = be.pull(batch).labels
     assert ann.boxes == ((CLASSES.index("shark"), pytest.approx(0.05), pytest.approx(0.05), pytest.approx(0.1), pytest.approx(0.1)),)
-    assert ann.source.endswith(f"annotation {first['id']}")
+    assert ann.source == f"label_studio:project={be.project_id}:task={tid}:annotation={first['id']}"
     assert item.sha256 == ann.sha256
 
 
@@ -251,12 +266,24 @@ def test_validation_outcomes_name_the_task(ls, api, pool):
     assert labels[it[2].sha256].status == "skipped" and labels[it[2].sha256].boxes == ()
     assert labels[it[3].sha256].status == "labeled" and labels[it[3].sha256].boxes == ()
     assert set(problems) == {it[0].sha256, it[1].sha256, it[4].sha256, it[5].sha256}
+    assert len(result.problems) == 4  # region 1 of image 0 is fine: one problem, for region 2
     for i, words in [(0, "unknown label 'starfish'"), (1, "rotated by 30"), (4, "outside the image"), (5, "changed since it was selected")]:
         p = problems[it[i].sha256]
         assert f"task {tids[it[i].sha256]}" in p.where and f"task {tids[it[i].sha256]}" in p.message
-        assert words in p.message, p.message
+        assert words in p.message and words in p.why, p.message
+        assert p.task_id == str(tids[it[i].sha256]) and p.image == it[i].staged_name and p.fix
+        assert str(p) == p.message and "\n" not in str(p)
+    assert problems[it[0].sha256].region.startswith("region 2 (id ")
+    assert problems[it[1].sha256].region.startswith("region 1 (id ")
+    assert problems[it[5].sha256].region is None
+    status = {o.sha256: o.status for o in result.tasks}
+    assert status == {it[0].sha256: "rejected", it[1].sha256: "rejected", it[2].sha256: "skipped",
+                      it[3].sha256: "accepted", it[4].sha256: "rejected", it[5].sha256: "rejected"}
+    assert set(result.held) == set(problems)
     prog = be.progress(batch)
-    assert (prog.done, prog.skipped) == (6, 1)
+    # rejected images are not done: "done" counts accepted and skipped only
+    assert (prog.total, prog.accepted, prog.rejected, prog.skipped, prog.pending, prog.done) == (6, 1, 4, 1, 0, 2)
+    assert not prog.complete and "1/6 accepted, 4 rejected, 1 skipped, 0 pending" in str(prog)
 
 
 def test_wrong_token_gives_401_without_the_token(ls, pool, monkeypatch):
@@ -313,9 +340,13 @@ def test_deleted_project_and_deleted_task(ls, api, pool):
 def test_existing_project_with_other_labels_is_refused(ls, api, pool):
     title = f"lw other {uuid.uuid4().hex[:6]}"
     cfg = '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image"><Label value="fish"/><Label value="shark"/></RectangleLabels></View>'
-    assert api.post("/api/projects", json={"title": title, "label_config": cfg}).status_code == 201
+    resp = api.post("/api/projects", json={"title": title, "label_config": cfg})
+    assert resp.status_code == 201
+    batch = make_batch(pool, specs=IMAGES[:1])
+    with pytest.raises(AnnotationError, match="already has a project titled"):
+        backend(ls, title=title).push(batch)
     with pytest.raises(AnnotationError, match="do not match the workspace classes"):
-        backend(ls, title=title).push(make_batch(pool, specs=IMAGES[:1]))
+        backend(ls, title=title, project_id=resp.json()["id"]).push(batch)
 
 
 def test_wait_wakes_on_webhook(ls, api, pool):
@@ -383,3 +414,146 @@ def test_image_outside_document_root_is_refused_before_anything_is_imported(ls, 
 @pytest.mark.parametrize("box", [(0.5, 0.5, 1.0, 1.0), (0.123456789, 0.9, 0.2, 0.2), (0.01, 0.99, 0.02, 0.02)])
 def test_percent_conversion_inverts(box):
     assert percent_to_yolo(*yolo_to_percent(*box)) == pytest.approx(box, abs=1e-12)
+
+
+# --- outcomes the workflow acts on ----------------------------------------------------------------------------------
+
+
+def test_newer_invalid_annotation_on_a_pulled_task_is_reported_and_held(ls, api, pool):
+    batch = make_batch(pool, specs=IMAGES[:2])
+    be = backend(ls)
+    be.push(batch)
+    item = batch.items[0]
+    tid = be._round_tasks(1)[item.sha256]
+    first = annotate(api, tid, [rect(10, 10, 100, 100, 640, 480, "fish")])
+    (ann,) = be.pull(batch).labels  # the workflow takes this one into the store
+    assert ann.status == "labeled" and ann.source.endswith(f"annotation={first['id']}")
+    # a second annotator replaces it with something that cannot be taken
+    second = annotate(api, tid, [rect(20, 30, 40, 50, 640, 480, "shark", rotation=45)])
+    result = be.pull(batch)
+    assert result.labels == ()  # the old label is not offered again as if it were current
+    assert result.held == (item.sha256,)
+    (problem,) = result.problems
+    assert problem.annotation_id == str(second["id"]) and problem.task_id == str(tid)
+    assert "rotated by 45" in problem.why
+    assert f"annotation {first['id']}" in str(problem) and "held out of training" in str(problem)
+    (outcome,) = [o for o in result.tasks if o.sha256 == item.sha256]
+    assert outcome.status == "rejected" and outcome.replaces == (str(first["id"]),)
+    prog = be.progress(batch)
+    assert (prog.accepted, prog.rejected, prog.pending, prog.held) == (0, 1, 1, 1)
+    # the annotator corrects it in place: taken, no longer held
+    resp = api.patch(f"/api/annotations/{second['id']}/", json={"result": [rect(20, 30, 40, 50, 640, 480, "shark")]})
+    assert resp.status_code == 200, resp.text
+    result = be.pull(batch)
+    assert result.held == () and result.problems == ()
+    assert result.labels[0].source.endswith(f"annotation={second['id']}")
+    assert be.progress(batch).accepted == 1  # the poll sees the change (the task's updated_at moved)
+
+
+def test_a_skip_by_one_annotator_keeps_another_annotators_boxes(ls, api, pool):
+    batch = make_batch(pool, specs=IMAGES[:2])
+    be = backend(ls)
+    be.push(batch)
+    tids = be._round_tasks(1)
+    a, b = batch.items
+    annotate(api, tids[a.sha256], [rect(10, 10, 100, 100, 640, 480, "penguin")])
+    annotate(api, tids[a.sha256], [], was_cancelled=True)  # a later skip by someone else
+    annotate(api, tids[b.sha256], [], was_cancelled=True)  # only skipped
+    result = be.pull(batch)
+    labels = {lab.sha256: lab for lab in result.labels}
+    assert labels[a.sha256].status == "labeled" and labels[a.sha256].boxes[0][0] == CLASSES.index("penguin")
+    assert labels[b.sha256].status == "skipped"
+    outcomes = {o.sha256: o for o in result.tasks}
+    assert outcomes[a.sha256].status == "accepted" and outcomes[a.sha256].skipped_by == ("tester@labelwise.local",)
+    assert outcomes[b.sha256].status == "skipped"
+    prog = be.progress(batch)
+    assert (prog.accepted, prog.skipped, prog.done, prog.complete) == (1, 1, 2, True)
+
+
+def test_new_project_sends_only_unfinished_images_and_never_adopts_by_title(ls, api, pool):
+    batch = make_batch(pool, specs=IMAGES[:4])
+    state = DictState()
+    be = backend(ls, state)
+    be.push(batch)
+    old = be.project_id
+    tids = be._round_tasks(1)
+    annotate(api, tids[batch.items[0].sha256], [rect(1, 1, 10, 10, 640, 480, "fish")])
+    annotate(api, tids[batch.items[1].sha256], [], was_cancelled=True)
+    finished = {batch.items[0].sha256, batch.items[1].sha256}
+    # the old project is still there: refused, nothing changed
+    with pytest.raises(AnnotationError, match=f"already has a project titled .*id {old}.*used"):
+        be.push_to_new_project(batch, finished=finished)
+    assert be.project_id == old and be._round_tasks(1) == tids
+    # deleted on purpose: a new project gets only the two unfinished images
+    assert api.delete(f"/api/projects/{old}/").status_code == 204
+    report = be.push_to_new_project(batch, finished=finished)
+    new = be.project_id
+    assert new != old
+    assert (report.sent, report.already_there, report.left_out) == (2, 0, 2)
+    on_server = {t["data"]["labelwise_sha256"] for t in project_tasks(api, new)}
+    assert on_server == {batch.items[2].sha256, batch.items[3].sha256}
+    assert be.push(batch, finished=finished).sent == 0  # idempotent
+    assert len(project_tasks(api, new)) == 2
+    prog = be.progress(batch)  # the project only holds the two it was sent
+    assert (prog.total, prog.pending) == (2, 2)
+    assert {o.sha256 for o in be.pull(batch).tasks} == on_server
+
+
+def test_retire_deletes_only_unlabeled_tasks_of_the_old_batch(ls, api, pool):
+    batch = make_batch(pool, specs=IMAGES[:5])
+    be = backend(ls)
+    be.push(batch)
+    tids = be._round_tasks(1)
+    it = batch.items
+    annotate(api, tids[it[0].sha256], [rect(1, 1, 10, 10, 640, 480, "fish")])
+    annotate(api, tids[it[1].sha256], [], was_cancelled=True)
+    report = be.retire(batch, keep={it[2].sha256})  # it[2] is also in the new batch
+    assert set(report.removed) == {it[3].sha256, it[4].sha256}
+    assert set(report.kept) == {it[0].sha256, it[1].sha256, it[2].sha256} and report.missing == ()
+    assert any(f"task {tids[it[3].sha256]} " in d and "deleted" in d for d in report.details)
+    assert any(f"task {tids[it[0].sha256]} " in d and "kept, 1 annotation" in d for d in report.details)
+    left = {t["id"] for t in project_tasks(api, be.project_id)}
+    assert left == {tids[it[0].sha256], tids[it[1].sha256], tids[it[2].sha256]}
+    # the old batch still pulls: what was annotated is there, the retired images are not counted
+    result = be.pull(batch)
+    assert {lab.sha256 for lab in result.labels} == {it[0].sha256, it[1].sha256}
+    assert be.progress(batch).total == 3
+    assert be.retire(batch).removed == (it[2].sha256,)  # again, without keep
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request):
+        self.requests.append(request)
+        return super().handle_request(request)
+
+
+def test_progress_reads_only_what_changed(ls, api, pool):
+    batch = make_batch(pool, specs=IMAGES[:4])
+    rec = RecordingTransport()
+    be = backend(ls, transport=rec)
+    be.push(batch)
+    tids = be._round_tasks(1)
+    annotate(api, tids[batch.items[0].sha256], [rect(1, 1, 10, 10, 640, 480, "fish")])
+
+    def task_listings():
+        out = [r.url.params for r in rec.requests if r.url.path == "/api/tasks"]
+        rec.requests.clear()
+        return out
+
+    task_listings()
+    assert be.progress(batch).accepted == 1
+    calls = task_listings()
+    light = [p for p in calls if p.get("fields") != "all"]
+    full = [p for p in calls if p.get("fields") == "all"]
+    assert light and all(p["include"] == "id,total_annotations,cancelled_annotations,updated_at" for p in light)
+    assert len(full) == 1 and json.loads(full[0]["query"])["selectedItems"]["included"] == [tids[batch.items[0].sha256]]
+    assert be.progress(batch).accepted == 1
+    assert [p for p in task_listings() if p.get("fields") == "all"] == []  # nothing changed: no annotations fetched
+    annotate(api, tids[batch.items[1].sha256], [])
+    assert be.progress(batch).accepted == 2
+    (full,) = [p for p in task_listings() if p.get("fields") == "all"]
+    assert json.loads(full["query"])["selectedItems"]["included"] == [tids[batch.items[1].sha256]]

@@ -393,8 +393,7 @@ class CvatFilesBackend:
         return PullResult(tuple(labels.values()), tuple(p for p in problems if p.sha256 not in fixed))
 
     def progress(self, batch: Batch) -> AnnotationProgress:
-        result = self.pull(batch)
-        return AnnotationProgress(total=len(batch.items), done=len(result.labels), skipped=0)
+        return self.pull(batch).counts(len(batch.items))
 
 
 class CvatBackend:
@@ -476,7 +475,7 @@ class CvatBackend:
         with self._client() as client:
             task = self._task(client, batch)
             done = sum(j.stop_frame - j.start_frame + 1 for j in task.get_jobs() if getattr(j, "state", "") == "completed")
-        return AnnotationProgress(total=len(batch.items), done=min(done, len(batch.items)))
+        return AnnotationProgress(total=len(batch.items), accepted=min(done, len(batch.items)))
 
     def pull(self, batch: Batch) -> PullResult:
         with tempfile.TemporaryDirectory(prefix="labelwise-cvat-") as tmp, self._client() as client:

@@ -5,10 +5,13 @@
         predictions/<same stem>.txt      the model's boxes in YOLO txt (cls cx cy w h conf): pre-annotations
         labels/                          annotators put one YOLO txt per image here (empty file = no objects)
         skipped.txt                      optional: one image name per line that annotators passed on
+        retired.txt                      written by `retire`: images taken out after a re-selection
         manifest.json, manifest.csv      every image's rank, score, score components and reason
         classes.txt                      class names, one per line, line number = class id
 
 Labels are matched to images by the staged name, or by the original file stem when that is unique in the batch.
+A label file that cannot be read makes its image "rejected" (a Problem naming file and line) and held: a label taken
+from an earlier version of the file is out of date.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from labelwise.annotation.base import (
@@ -29,6 +33,9 @@ from labelwise.annotation.base import (
     Batch,
     Problem,
     PullResult,
+    PushReport,
+    RetireReport,
+    TaskOutcome,
 )
 from labelwise.fileio import replace_dir
 from labelwise.pool import parse_yolo_label
@@ -102,12 +109,14 @@ def read_labels(folder: Path, batch: Batch, source_prefix: str = "") -> PullResu
     """Parse the YOLO txt files in `folder` for the batch; a malformed file is a Problem naming file and line."""
     labels, problems = [], []
     n_classes = len(batch.classes)
+    names = {item.sha256: item.staged_name for item in batch.items}
     for sha, path in match_label_files(folder, batch).items():
         try:
             text = path.read_text(encoding="utf-8")
             boxes = parse_yolo_label(text, n_classes, str(path))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            problems.append(Problem(sha, str(path), str(exc)))
+            problems.append(Problem(sha, str(path), f"{exc}. Fix the file and pull again.", task_id=str(path),
+                                    image=names.get(sha), why=str(exc), fix="Fix the file and pull again."))
             continue
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(path.stat().st_mtime))
         labels.append(AnnotatedImage(sha, "labeled", tuple(boxes), updated_at=stamp,
@@ -125,12 +134,14 @@ class FolderBackend:
     def folder(self, batch: Batch) -> Path:
         return self.root / f"round-{batch.round:03d}"
 
-    def push(self, batch: Batch) -> None:
+    def push(self, batch: Batch, *, finished: Collection[str] = ()) -> PushReport:
+        """Stage the whole batch (once; `finished` changes nothing: the folder is the batch)."""
         target = self.folder(batch)
         if (target / "manifest.json").exists():
             existing = json.loads((target / "manifest.json").read_text())
             if [r["sha256"] for r in existing["images"]] == [i.sha256 for i in batch.items]:
-                return  # already staged; never touch labels/ that annotators may be filling
+                # already staged; never touch labels/ that annotators may be filling
+                return PushReport(batch.round, 0, len(batch.items), where=str(target))
             if any((target / "labels").glob("*.txt")):
                 raise AnnotationError(
                     f"{target} holds labels for a different batch; import them (`labelwise import "
@@ -155,6 +166,7 @@ class FolderBackend:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        return PushReport(batch.round, len(batch.items), where=str(target))
 
     def _skipped(self, batch: Batch) -> set[str]:
         path = self.folder(batch) / "skipped.txt"
@@ -163,14 +175,59 @@ class FolderBackend:
         names = {line.strip() for line in path.read_text().splitlines() if line.strip()}
         return {i.sha256 for i in batch.items if i.staged_name in names or Path(i.staged_name).stem in names}
 
+    def _retired(self, batch: Batch) -> set[str]:
+        path = self.folder(batch) / "retired.txt"
+        if not path.exists():
+            return set()
+        names = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+        return {i.sha256 for i in batch.items if i.staged_name in names}
+
     def progress(self, batch: Batch) -> AnnotationProgress:
-        done = set(match_label_files(self.folder(batch) / "labels", batch))
-        skipped = self._skipped(batch) - done
-        return AnnotationProgress(total=len(batch.items), done=len(done) + len(skipped), skipped=len(skipped))
+        return self.pull(batch).counts()
 
     def pull(self, batch: Batch) -> PullResult:
+        """Labels of the batch's images (a readable label file wins over skipped.txt); one outcome per image."""
         result = read_labels(self.folder(batch) / "labels", batch)
         labeled = {a.sha256 for a in result.labels}
-        skipped = tuple(AnnotatedImage(sha, "skipped", source="skipped.txt")
-                        for sha in sorted(self._skipped(batch) - labeled))
-        return PullResult(result.labels + skipped, result.problems)
+        rejected = {p.sha256 for p in result.problems if p.sha256 is not None} - labeled
+        skipped_shas = self._skipped(batch) - labeled - rejected
+        skipped = tuple(AnnotatedImage(sha, "skipped", source="skipped.txt") for sha in sorted(skipped_shas))
+        retired = self._retired(batch) - labeled - rejected - skipped_shas
+        sources = {a.sha256: a.source for a in result.labels}
+        outcomes = []
+        for item in batch.items:
+            sha = item.sha256
+            if sha in retired:
+                continue
+            status = ("accepted" if sha in labeled else "rejected" if sha in rejected
+                      else "skipped" if sha in skipped_shas else "pending")
+            outcomes.append(TaskOutcome(sha, status, item.staged_name, task_id=None,
+                                        source=sources.get(sha, "skipped.txt" if status == "skipped" else "")))
+        held = tuple(o.sha256 for o in outcomes if o.status == "rejected")
+        return PullResult(result.labels + skipped, result.problems, tuple(outcomes), held)
+
+    def retire(self, batch: Batch, *, keep: Collection[str] = ()) -> RetireReport:
+        """Remove the staged image (and prediction) of every image with no label file and not skipped, so nobody
+        labels it; list them in retired.txt. Labeled, skipped and `keep` images stay."""
+        folder = self.folder(batch)
+        if not (folder / "manifest.json").exists():
+            return RetireReport(batch.round, missing=tuple(i.sha256 for i in batch.items),
+                                details=(f"{folder} was never staged",))
+        labeled = set(match_label_files(folder / "labels", batch))
+        skipped = self._skipped(batch)
+        removed, kept, details = [], [], []
+        for item in batch.items:
+            if item.sha256 in labeled or item.sha256 in skipped or item.sha256 in set(keep):
+                kept.append(item.sha256)
+                why = "labeled" if item.sha256 in labeled else "skipped" if item.sha256 in skipped else "asked to keep it"
+                details.append(f"images/{item.staged_name}: kept, {why}")
+                continue
+            (folder / "images" / item.staged_name).unlink(missing_ok=True)
+            (folder / "predictions" / f"{Path(item.staged_name).stem}.txt").unlink(missing_ok=True)
+            removed.append(item.sha256)
+            details.append(f"images/{item.staged_name}: removed, no label file")
+        if removed:
+            names = {i.staged_name for i in batch.items if i.sha256 in set(removed)}
+            old = (folder / "retired.txt").read_text().splitlines() if (folder / "retired.txt").exists() else []
+            (folder / "retired.txt").write_text("".join(f"{n}\n" for n in sorted((set(old) - {""}) | names)))
+        return RetireReport(batch.round, tuple(removed), tuple(kept), (), tuple(details))

@@ -3,7 +3,10 @@
 What a round looks like on the server:
 
 * one project per workspace, created if needed, whose RectangleLabels carry fixed class ids (`category="<id>"`), so
-  ids never depend on alphabetical order; an existing project is adopted only if its labels match the classes exactly;
+  ids never depend on alphabetical order. A project is used only by its id: the one recorded in the workspace, the
+  configured `project_id`, or the one labelwise created (marked with the workspace's own key in its description, so a
+  push killed between creating it and recording its id finds it again). Another project that merely has the title is
+  refused with a message, never adopted silently;
 * the images stay where they are: a local-files storage covering their folders (which must lie under the server's
   `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`, given here as `document_root`) lets the server read them, no pixel is sent;
 * the batch is imported in chunks (one request per chunk), each task with the round model's boxes as a prediction
@@ -14,24 +17,27 @@ What a round looks like on the server:
 
 Push is idempotent twice over: the state records the task id of every (round, sha256), and before importing the
 backend lists the project's tasks, so a push killed after the import but before the state was saved creates nothing new.
-Pull only reads: it takes the newest annotation of every task (by `updated_at`, then id), converts rectangles to YOLO
-by class NAME, and turns everything it cannot take as it is into a `Problem` naming the task.
+Pull only reads: for every task it judges the newest submitted annotation (by `updated_at`, then id; a skip by one
+annotator never hides another annotator's boxes), converts rectangles to YOLO by class NAME, and turns everything it
+cannot take as it is into `Problem`s naming task, image and region. Progress lists only ids and annotation counts
+(`include=`), and fetches full annotations only of tasks that changed since the last poll.
 
 The API token comes only from the environment (`LABEL_STUDIO_API_KEY`); it is never logged, written or put into an
 error message. Legacy tokens (`Authorization: Token ...`) and personal access tokens (JWT refresh tokens, exchanged for
-short-lived access tokens) both work.
+short-lived access tokens) both work. 429 and 5xx answers are retried with back-off (`labelwise.annotation.http`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.server
+import json
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,10 +54,17 @@ from labelwise.annotation.base import (
     BackendState,
     Batch,
     BatchItem,
+    FileCheck,
     Problem,
     PullResult,
+    PushReport,
+    RetireReport,
+    TaskOutcome,
     YoloBox,
 )
+from labelwise.annotation.http import RetryPolicy, RetryTransport, attempts_note
+from labelwise.boxes import EDGE_TOLERANCE
+from labelwise.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +72,20 @@ ENV_TOKEN = "LABEL_STUDIO_API_KEY"
 IMAGE_VAR = "image"
 FROM_NAME = "label"
 TO_NAME = "image"
-# Float noise the editor leaves at the image border (in fractions of the image): inside it an edge is snapped to the
-# border; anything further out is a Problem, never clamped.
-EDGE_TOLERANCE = 1e-7
 STATE_PREFIX = "label_studio"
+# Task ids per request when selecting tasks by id (keeps the query string short).
+ID_CHUNK = 100
+LIGHT_FIELDS = "id,total_annotations,cancelled_annotations,updated_at"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file (kept for callers of the old name; see labelwise.fileio.sha256_file)."""
+    return sha256_file(path)
+
+
+def label_source(project_id: int | None, task_id: int | str, annotation_id: int | str | None) -> str:
+    """The label source stored with a pulled label: unique across projects (Label Studio reuses task ids)."""
+    return f"label_studio:project={project_id}:task={task_id}:annotation={annotation_id}"
 
 
 class NotFound(AnnotationError):
@@ -86,6 +109,8 @@ class LabelStudioClient:
         api_key: str | None = None,
         *,
         timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         token = api_key if api_key is not None else os.environ.get(ENV_TOKEN)
         if not token:
@@ -97,7 +122,8 @@ class LabelStudioClient:
         self._token = token
         self._jwt = token.count(".") == 2  # a personal access token (JWT refresh token)
         self._access: str | None = None
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, follow_redirects=False)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, follow_redirects=False,
+                                  transport=RetryTransport(transport, retry))
 
     def __repr__(self) -> str:  # never show the token
         return f"LabelStudioClient({self.url!r})"
@@ -162,6 +188,12 @@ class LabelStudioClient:
         detail = _short_detail(resp)
         if code == 404:
             raise NotFound(f"Label Studio at {self.url} answered 404 Not Found while {what}{detail}.")
+        if code == 429 or code >= 500:
+            raise AnnotationError(
+                f"Label Studio at {self.url} answered HTTP {code} while {what}{attempts_note(resp)}{detail}. The "
+                "server is overloaded or failing: check its log, then run the command again (it only does what is "
+                "still missing)."
+            )
         raise AnnotationError(
             f"Label Studio at {self.url} answered HTTP {code} while {what}{detail}. Nothing was written; fix the cause "
             "and run the command again."
@@ -292,63 +324,62 @@ def annotator_of(annotation: dict) -> str | None:
     return f"user {by}" if by is not None else None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_annotation(
-    annotation: dict, item: BatchItem, classes: Sequence[str], where: str
-) -> tuple[tuple[YoloBox, ...], list[str]]:
-    """Rectangles of one annotation -> YOLO boxes by class NAME, and the reasons it cannot be taken (empty if fine)."""
+    annotation: dict, item: BatchItem, classes: Sequence[str]
+) -> tuple[tuple[YoloBox, ...], list[tuple[str, str]]]:
+    """Rectangles of one annotation -> YOLO boxes by class NAME, and (region, why) for every region that cannot be
+    taken (empty if all are fine).
+
+    An edge within `labelwise.boxes.EDGE_TOLERANCE` (a fraction of the image side) past the border is float noise and
+    is clipped to the border; further out the region is refused, never clamped.
+    """
     by_name = {name: cid for cid, name in enumerate(classes)}
     boxes: list[YoloBox] = []
-    errors: list[str] = []
+    errors: list[tuple[str, str]] = []
+    tol = EDGE_TOLERANCE
     for n, region in enumerate(annotation.get("result") or [], start=1):
         what = f"region {n}" + (f" (id {region['id']})" if region.get("id") else "")
         rtype = region.get("type")
         if rtype != "rectanglelabels":
-            errors.append(f"{what} is a {rtype!r}, not a labelled rectangle; redraw it as a box with a class")
+            errors.append((what, f"it is a {rtype!r}, not a labelled rectangle; redraw it as a box with a class"))
             continue
         value = region.get("value") or {}
         labels = value.get("rectanglelabels") or []
         if len(labels) != 1:
-            errors.append(f"{what} has {len(labels)} labels {labels}; give it exactly one class")
+            errors.append((what, f"it has {len(labels)} labels {labels}; give it exactly one class"))
             continue
         if labels[0] not in by_name:
-            errors.append(f"{what} has the unknown label {labels[0]!r} (classes: {', '.join(classes)})")
+            errors.append((what, f"it has the unknown label {labels[0]!r} (classes: {', '.join(classes)}); "
+                                 "give it one of the classes"))
             continue
         rotation = float(value.get("rotation") or 0.0)
         if abs(math.remainder(rotation, 360.0)) > 1e-6:
-            errors.append(f"{what} ({labels[0]}) is rotated by {rotation:g} degrees; YOLO boxes are axis-aligned, redraw it without rotation")
+            errors.append((what, f"it ({labels[0]}) is rotated by {rotation:g} degrees; YOLO boxes are axis-aligned, "
+                                 "redraw it without rotation"))
             continue
         ow, oh = region.get("original_width"), region.get("original_height")
         if ow is not None and oh is not None and (int(ow), int(oh)) != (item.width, item.height):
-            errors.append(
-                f"{what} was drawn on a {ow}x{oh} image, but the selected image is {item.width}x{item.height}; "
-                "the image changed since selection"
-            )
+            errors.append((what, f"it was drawn on a {ow}x{oh} image, but the selected image is "
+                                 f"{item.width}x{item.height}; the image changed since selection"))
             continue
         try:
             x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError):
-            errors.append(f"{what} has no numeric x/y/width/height")
+            errors.append((what, "it has no numeric x/y/width/height"))
             continue
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            errors.append(f"{what} ({labels[0]}) has an empty or invalid size (width {w:g}%, height {h:g}%)")
+            errors.append((what, f"it ({labels[0]}) has an empty or invalid size (width {w:g}%, height {h:g}%)"))
             continue
         left, top, right, bottom = x / 100.0, y / 100.0, (x + w) / 100.0, (y + h) / 100.0
-        if left < -EDGE_TOLERANCE or top < -EDGE_TOLERANCE or right > 1 + EDGE_TOLERANCE or bottom > 1 + EDGE_TOLERANCE:
-            errors.append(
-                f"{what} ({labels[0]}) reaches outside the image (x {x:g}%..{x + w:g}%, y {y:g}%..{y + h:g}%); "
-                "move it inside the image"
-            )
+        if left < -tol or top < -tol or right > 1 + tol or bottom > 1 + tol:
+            errors.append((what, f"it ({labels[0]}) reaches outside the image (x {x:g}%..{x + w:g}%, "
+                                 f"y {y:g}%..{y + h:g}%); move it inside the image"))
             continue
-        if left < 0 or top < 0 or right > 1 or bottom > 1:  # float noise at the border only
+        if left < 0 or top < 0 or right > 1 or bottom > 1:  # float noise at the border only: clip
             left, top, right, bottom = max(left, 0.0), max(top, 0.0), min(right, 1.0), min(bottom, 1.0)
+            if right <= left or bottom <= top:
+                errors.append((what, f"it ({labels[0]}) lies on the image border with no area inside the image"))
+                continue
             boxes.append((by_name[labels[0]], (left + right) / 2, (top + bottom) / 2, right - left, bottom - top))
         else:
             cx, cy, bw, bh = percent_to_yolo(x, y, w, h)
@@ -359,6 +390,10 @@ def convert_annotation(
 # --------------------------------------------------------------------------------------------------------------------
 # the backend
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _selected(ids: Sequence[int]) -> str:
+    return json.dumps({"selectedItems": {"all": False, "included": [int(i) for i in ids]}})
 
 
 class LabelStudioBackend:
@@ -380,6 +415,8 @@ class LabelStudioBackend:
         project_id: int | None = None,
         chunk_size: int = 250,
         check_hashes: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if len(project_title.strip()) < 3:
             raise AnnotationError(f"annotation.project_title {project_title!r} is too short: Label Studio needs at least 3 characters.")
@@ -394,7 +431,10 @@ class LabelStudioBackend:
         self.chunk_size = max(1, int(chunk_size))
         self.check_hashes = check_hashes
         self._configured_project_id = project_id
-        self.client = LabelStudioClient(self.url, api_key, timeout=timeout)
+        self.client = LabelStudioClient(self.url, api_key, timeout=timeout, transport=transport, retry=retry)
+        self._files = FileCheck()
+        # task id -> ((updated_at, total, cancelled), full task): what progress polls need not fetch again
+        self._cache: dict[int, tuple[tuple, dict]] = {}
 
     def __repr__(self) -> str:
         return f"LabelStudioBackend({self.url!r}, project={self.project_title!r})"
@@ -417,19 +457,43 @@ class LabelStudioBackend:
     def _round_tasks(self, round_: int) -> dict[str, int]:
         return {sha: int(tid) for sha, tid in (self.state.get(self._key("round", round_, "tasks"), {}) or {}).items()}
 
+    def _set_round_tasks(self, round_: int, tasks: dict[str, int]) -> None:
+        self.state.set(self._key("round", round_, "tasks"), dict(tasks))
+
+    def _retired(self, round_: int) -> set[str]:
+        """Images of the round whose task was deleted by `retire`."""
+        return set(self.state.get(self._key("round", round_, "retired"), []) or [])
+
+    def _left_out(self, round_: int) -> set[str]:
+        """Images of the round not sent to the current project because they were finished before (new project)."""
+        return set(self.state.get(self._key("round", round_, "left_out"), []) or [])
+
+    def _marker(self, create: bool = False) -> str | None:
+        """This workspace's key, written into the description of the project labelwise creates."""
+        key = self.state.get(self._key("project_key"))
+        if key is None and create:
+            key = uuid.uuid4().hex[:16]
+            self.state.set(self._key("project_key"), key)
+        return f"[labelwise:{key}]" if key else None
+
     def forget_project(self) -> None:
-        """Drop the record of the project (e.g. after it was deleted on purpose); the next push creates or finds one."""
+        """Drop the record of the project (e.g. after it was deleted on purpose) and of the rounds pushed to it; the
+        next push creates a new one. `push_to_new_project` does this and the push in one call."""
+        old = self.project_id
         self.state.set(self._key("project_id"), None)
-        for key in ("storages",):
-            self.state.set(self._key(key), None)
+        self.state.set(self._key("project_key"), None)
+        self.state.set(self._key("storages"), None)
+        self.state.set(self._key("forgotten_project_id"), old)
+        self._configured_project_id = None
+        self._cache.clear()
 
     # -- project ------------------------------------------------------------------------------------------------------
 
     def _project_missing(self, pid: int) -> AnnotationError:
         return AnnotationError(
             f"Label Studio project {pid} no longer exists at {self.url} (deleted, or annotation.url points at another "
-            "server). Nothing was written. If it was deleted on purpose, clear labelwise's record of it "
-            "(`labelwise annotate push --new-project`, i.e. LabelStudioBackend.forget_project()) and push the round again."
+            "server). Nothing was written. If it was deleted on purpose, push the round to a new project "
+            "(`labelwise annotate push --new-project`); only the images not finished yet are sent."
         )
 
     def _get_project(self, pid: int) -> dict:
@@ -457,40 +521,60 @@ class LabelStudioBackend:
                 "Fix the project's labeling config to match, or use another project_title."
             )
 
-    def ensure_project(self) -> int:
-        """The project id: recorded, configured, found by title (with matching labels) or newly created."""
-        pid = self.project_id
+    def _projects_titled(self) -> list[dict]:
+        return [
+            p
+            for p in self.client.paged("/api/projects", what="listing projects", key="results", params={"title": self.project_title})
+            if p.get("title") == self.project_title
+        ]
+
+    def _title_taken(self, same_title: list[dict]) -> AnnotationError:
+        ids = [p["id"] for p in same_title]
+        used = self.state.get(self._key("forgotten_project_id")) or self.project_id
+        hint = f" (project {used} is the one this workspace used)" if used in ids else ""
+        return AnnotationError(
+            f"Label Studio at {self.url} already has {'a project' if len(ids) == 1 else f'{len(ids)} projects'} "
+            f"titled {self.project_title!r} (id {', '.join(map(str, ids))}){hint}; labelwise does not adopt a project "
+            f"by its title. To use it, set annotation.project_id: {ids[0]} in labelwise.yaml; to start a new one, set "
+            "another annotation.project_title (or delete or rename the old project in Label Studio). Nothing was written."
+        )
+
+    def ensure_project(self, *, new: bool = False) -> int:
+        """The project id: recorded, configured, the one this workspace created (found by its key), or newly created.
+
+        A project that only has the same title is never adopted: the push stops with a message that names it and
+        says how to use it (annotation.project_id) or avoid it (another project_title). With `new`, an existing
+        project with the title is refused the same way, whatever its key.
+        """
+        pid = None if new else self.project_id
         if pid is not None:
             project = self._get_project(pid)
             self._check_labels(project)
+            self.state.set(self._key("project_id"), pid)
+            return pid
+        same_title = self._projects_titled()
+        marker = self._marker()
+        ours = [p for p in same_title if marker and marker in (p.get("description") or "")] if not new else []
+        if len(ours) == 1:  # created by this workspace, by a push killed before it recorded the id
+            project = ours[0]
+            self._check_labels(project)
+        elif same_title:
+            raise self._title_taken(same_title)
         else:
-            found = [
-                p
-                for p in self.client.paged("/api/projects", what="listing projects", key="results", params={})
-                if p.get("title") == self.project_title
-            ]
-            if len(found) > 1:
-                raise AnnotationError(
-                    f"Label Studio at {self.url} has {len(found)} projects titled {self.project_title!r} "
-                    f"(ids {[p['id'] for p in found]}); set annotation.project_id to the one to use."
-                )
-            if found:
-                project = found[0]
-                self._check_labels(project)
-            else:
-                project = self.client.request(
-                    "POST",
-                    "/api/projects",
-                    what=f"creating project {self.project_title!r}",
-                    json={
-                        "title": self.project_title,
-                        "label_config": label_config(self.classes),
-                        "description": "Active-learning rounds from labelwise: sort tasks by prediction score.",
-                        "show_skip_button": True,
-                        "enable_empty_annotation": True,
-                    },
-                )
-            pid = int(project["id"])
+            marker = self._marker(create=True)
+            project = self.client.request(
+                "POST",
+                "/api/projects",
+                what=f"creating project {self.project_title!r}",
+                json={
+                    "title": self.project_title,
+                    "label_config": label_config(self.classes),
+                    "description": f"Active-learning rounds from labelwise: sort tasks by prediction score. {marker}",
+                    "show_skip_button": True,
+                    "enable_empty_annotation": True,
+                },
+            )
+        pid = int(project["id"])
         self.state.set(self._key("project_id"), pid)
         return pid
 
@@ -553,33 +637,61 @@ class LabelStudioBackend:
             ],
         }
 
-    def _server_tasks(self, pid: int, *, full: bool) -> list[dict]:
-        params: dict[str, Any] = {"project": pid}
-        if full:
-            params["fields"] = "all"
-        return list(self.client.paged("/api/tasks", what=f"listing the tasks of project {pid}", key="tasks", params=params))
+    def _server_round_tasks(self, pid: int, round_: int) -> dict[str, int]:
+        """sha256 -> task id of the project's tasks of this round (from the tasks' data: the server's own truth)."""
+        found: dict[str, int] = {}
+        for task in self.client.paged(
+            "/api/tasks", what=f"listing the tasks of project {pid}", key="tasks", params={"project": pid, "include": "id,data"}
+        ):
+            data = task.get("data") or {}
+            if data.get("labelwise_round") == round_ and data.get("labelwise_sha256"):
+                found.setdefault(data["labelwise_sha256"], int(task["id"]))
+        return found
 
-    def push(self, batch: Batch) -> None:
+    def push(self, batch: Batch, *, finished: Collection[str] = ()) -> PushReport:
+        """Create the tasks of the batch that the project does not have yet.
+
+        `finished`: sha256 of images the workflow already has a final outcome for; they are never sent anew (after
+        `--new-project`, or when their task was deleted).
+        """
         self._check_batch(batch)
+        finished = set(finished)
         if not batch.items:
-            return
+            return PushReport(batch.round, 0)
         payload = {item.sha256: self._task(batch, item) for item in batch.items}  # every image checked first
         pid = self.ensure_project()
         # What the server already has for this round (a push killed before saving the state must not duplicate).
-        on_server: dict[str, int] = {}
-        for task in self._server_tasks(pid, full=False):
-            data = task.get("data") or {}
-            if data.get("labelwise_round") == batch.round and data.get("labelwise_sha256"):
-                on_server.setdefault(data["labelwise_sha256"], int(task["id"]))
+        on_server = self._server_round_tasks(pid, batch.round)
         tasks = {sha: on_server[sha] for sha in [i.sha256 for i in batch.items] if sha in on_server}
-        self.state.set(self._key("round", batch.round, "tasks"), tasks)
-        missing = [item for item in batch.items if item.sha256 not in tasks]
+        self._set_round_tasks(batch.round, tasks)
+        missing = [item for item in batch.items if item.sha256 not in tasks and item.sha256 not in finished]
+        left_out = sorted(item.sha256 for item in batch.items if item.sha256 not in tasks and item.sha256 in finished)
+        if left_out:
+            self.state.set(self._key("round", batch.round, "left_out"), sorted(self._left_out(batch.round) | set(left_out)))
         if missing:
             self._import(pid, batch, missing, tasks, payload)
         # After the import: the server accepts only a model version that some prediction of the project carries.
-        self.client.request(
-            "PATCH", f"/api/projects/{pid}/", what=f"setting the model version of project {pid}", json={"model_version": batch.model_version}
-        )
+        if tasks:
+            self.client.request(
+                "PATCH", f"/api/projects/{pid}/", what=f"setting the model version of project {pid}", json={"model_version": batch.model_version}
+            )
+        return PushReport(batch.round, len(missing), len(tasks) - len(missing), len(left_out), f"Label Studio project {pid} at {self.url}")
+
+    def push_to_new_project(self, batch: Batch, *, finished: Collection[str] = ()) -> PushReport:
+        """`annotate push --new-project`: forget the recorded project, create a new one and send only the images not
+        in `finished`. Refuses (nothing written) when a project with the title already exists."""
+        self._check_batch(batch)
+        for item in batch.items:
+            self._relative(item)  # every image checked before anything changes
+        same_title = self._projects_titled()
+        if same_title:
+            raise self._title_taken(same_title)
+        self.forget_project()
+        self.ensure_project(new=True)
+        self._set_round_tasks(batch.round, {})
+        self.state.set(self._key("round", batch.round, "retired"), [])
+        self.state.set(self._key("round", batch.round, "left_out"), [])
+        return self.push(batch, finished=finished)
 
     def _import(self, pid: int, batch: Batch, missing: list[BatchItem], tasks: dict[str, int], payload: dict[str, dict]) -> None:
         self._ensure_storage(pid, missing)
@@ -599,7 +711,7 @@ class LabelStudioBackend:
                     f"{pid}; push again (it only creates what is missing)."
                 )
             tasks.update({item.sha256: int(tid) for item, tid in zip(chunk, ids)})
-            self.state.set(self._key("round", batch.round, "tasks"), tasks)
+            self._set_round_tasks(batch.round, tasks)
         log.info("pushed %d tasks of round %d to Label Studio project %d", len(missing), batch.round, pid)
 
     def _check_batch(self, batch: Batch) -> None:
@@ -609,92 +721,214 @@ class LabelStudioBackend:
                 f"{list(self.classes)}; they must be the same."
             )
 
-    # -- progress / pull ----------------------------------------------------------------------------------------------
+    # -- reading tasks ------------------------------------------------------------------------------------------------
 
-    def _round_server_tasks(self, batch: Batch) -> tuple[int, dict[str, dict]]:
-        """sha256 -> the task (with annotations) for every image of the round; errors if any is missing."""
+    def _light_tasks(self, pid: int, ids: Sequence[int]) -> dict[int, dict]:
+        """id -> {id, total_annotations, cancelled_annotations, updated_at} of the given tasks, a few fields each."""
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            for task in self.client.paged(
+                "/api/tasks",
+                what=f"reading the annotation counts of {len(chunk)} tasks of project {pid}",
+                key="tasks",
+                params={"project": pid, "include": LIGHT_FIELDS, "query": _selected(chunk)},
+            ):
+                out[int(task["id"])] = task
+        return out
+
+    def _full_tasks(self, pid: int, ids: Sequence[int]) -> dict[int, dict]:
+        """id -> the task with its annotations, for the given tasks only."""
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            for task in self.client.paged(
+                "/api/tasks",
+                what=f"reading the annotations of {len(chunk)} tasks of project {pid}",
+                key="tasks",
+                params={"project": pid, "fields": "all", "query": _selected(chunk)},
+            ):
+                out[int(task["id"])] = task
+        return out
+
+    def _round_state(self, batch: Batch, *, use_cache: bool) -> tuple[int, dict[str, dict | None]]:
+        """sha256 -> the task (with annotations when it has any) for every image of the round; None for an image the
+        project holds no task for on purpose (deleted by `retire`, or left out of a new project as finished before).
+        Raises when a task is missing on the server."""
         self._check_batch(batch)
         pid = self.project_id
         tasks = self._round_tasks(batch.round)
-        if pid is None or not tasks:
+        retired = self._retired(batch.round) | self._left_out(batch.round)
+        if pid is None or not (tasks or retired):
             raise AnnotationError(f"Round {batch.round} has not been pushed to Label Studio yet; run `labelwise annotate push` first.")
         self._get_project(pid)
-        by_id = {int(t["id"]): t for t in self._server_tasks(pid, full=True)}
-        found: dict[str, dict] = {}
+        ids = sorted(set(tasks.values()))
+        light = self._light_tasks(pid, ids)
         gone: list[str] = []
         for item in batch.items:
             tid = tasks.get(item.sha256)
-            if tid is None:
+            if tid is None and item.sha256 not in retired:
                 gone.append(f"image {item.staged_name} (never pushed)")
-            elif tid not in by_id:
+            elif tid is not None and tid not in light:
                 gone.append(f"task {tid} (image {item.staged_name})")
-            else:
-                found[item.sha256] = by_id[tid]
         if gone:
             raise AnnotationError(
                 f"Round {batch.round} is incomplete in Label Studio project {pid}: {', '.join(gone[:10])}"
                 f"{' ...' if len(gone) > 10 else ''} {'is' if len(gone) == 1 else 'are'} missing (deleted mid-round?). "
                 "Nothing was written; run `labelwise annotate push` to re-create the missing tasks, then pull again."
             )
+
+        def key(t: dict) -> tuple:
+            return (t.get("updated_at"), t.get("total_annotations"), t.get("cancelled_annotations"))
+
+        annotated = [tid for tid, t in light.items() if (t.get("total_annotations") or 0) + (t.get("cancelled_annotations") or 0) > 0]
+        need = [tid for tid in annotated if not use_cache or tid not in self._cache or self._cache[tid][0] != key(light[tid])]
+        full = self._full_tasks(pid, need) if need else {}
+        for tid, task in full.items():
+            self._cache[tid] = (key(light[tid]), task)
+        found: dict[str, dict | None] = {}
+        for item in batch.items:
+            tid = tasks.get(item.sha256)
+            if tid is None:
+                found[item.sha256] = None
+            elif tid in full:
+                found[item.sha256] = full[tid]
+            elif tid in annotated and tid in self._cache:
+                found[item.sha256] = self._cache[tid][1]
+            else:
+                found[item.sha256] = {"id": tid, "annotations": []}
         return pid, found
 
-    def progress(self, batch: Batch) -> AnnotationProgress:
-        _, found = self._round_server_tasks(batch)
-        done = skipped = 0
-        for task in found.values():
-            ann = newest_annotation(task.get("annotations") or [])
-            if ann is not None:
-                done += 1
-                skipped += bool(ann.get("was_cancelled"))
-        return AnnotationProgress(total=len(batch.items), done=done, skipped=skipped)
+    # -- judging ------------------------------------------------------------------------------------------------------
 
-    def pull(self, batch: Batch) -> PullResult:
-        _, found = self._round_server_tasks(batch)
+    def _judge(self, batch: Batch, pid: int, item: BatchItem, task: dict) -> tuple[TaskOutcome, AnnotatedImage | None, list[Problem]]:
+        """The outcome of one image: the annotation that counts, taken or refused with the reasons."""
+        tid = int(task["id"])
+        where = f"Label Studio task {tid} (image {item.staged_name})"
+        annotations = task.get("annotations") or []
+        base = dict(image=item.staged_name, task_id=str(tid))
+        if not annotations:
+            return TaskOutcome(item.sha256, "pending", **base), None, []
+        data = task.get("data") or {}
+        if data.get("labelwise_sha256") not in (None, item.sha256):
+            problem = Problem(item.sha256, where, task_id=str(tid), image=item.staged_name,
+                              why=f"the task belongs to image {data.get('labelwise_sha256')}, not {item.sha256}",
+                              fix="Push the round again.")
+            return TaskOutcome(item.sha256, "rejected", **base), None, [problem]
+        submitted = [a for a in annotations if not a.get("was_cancelled")]
+        skips = [a for a in annotations if a.get("was_cancelled")]
+        if not submitted:  # everyone who finished it passed
+            ann = newest_annotation(skips)
+            source = label_source(pid, tid, ann.get("id"))
+            label = AnnotatedImage(item.sha256, "skipped", (), annotator_of(ann), _lead_time(ann), ann.get("updated_at"), source)
+            return TaskOutcome(item.sha256, "skipped", annotation_id=str(ann.get("id")), source=source,
+                               updated_at=ann.get("updated_at"), **base), label, []
+        ann = newest_annotation(submitted)
+        aid = ann.get("id")
+        source = label_source(pid, tid, aid)
+        replaces = tuple(str(a.get("id")) for a in submitted if a is not ann)
+        skipped_by = tuple(dict.fromkeys(annotator_of(a) or f"annotation {a.get('id')}" for a in skips))
+        outcome = dict(annotation_id=str(aid), source=source, updated_at=ann.get("updated_at"),
+                       skipped_by=skipped_by, replaces=replaces, **base)
+        where_ann = f"{where}, annotation {aid}" + (f" by {annotator_of(ann)}" if annotator_of(ann) else "")
+        stale = (f" Until then the image is held out of training: annotation {', '.join(replaces)}, which an earlier "
+                 "pull may have taken, is out of date." if replaces else
+                 " Until then the image is held out of training (a label pulled before it was changed is out of date).")
+        problems: list[Problem] = []
+        if self.check_hashes:
+            why = self._files.problem(item)
+            if why is not None:
+                problems.append(Problem(item.sha256, where_ann, task_id=str(tid), image=item.staged_name,
+                                        annotation_id=str(aid), why=why,
+                                        fix="Restore the file, or let the image go back to the pool and select it again."))
+                return TaskOutcome(item.sha256, "rejected", **outcome), None, problems
+        boxes, errors = convert_annotation(ann, item, batch.classes)
+        if errors:
+            for region, why in errors:
+                problems.append(Problem(item.sha256, where_ann, task_id=str(tid), image=item.staged_name,
+                                        region=region, annotation_id=str(aid), why=why,
+                                        fix="Correct it in Label Studio and pull again." + stale))
+            return TaskOutcome(item.sha256, "rejected", **outcome), None, problems
+        label = AnnotatedImage(item.sha256, "labeled", boxes, annotator_of(ann), _lead_time(ann), ann.get("updated_at"), source)
+        return TaskOutcome(item.sha256, "accepted", **outcome), label, []
+
+    def _evaluate(self, batch: Batch, *, use_cache: bool) -> PullResult:
+        pid, found = self._round_state(batch, use_cache=use_cache)
         labels: list[AnnotatedImage] = []
         problems: list[Problem] = []
+        outcomes: list[TaskOutcome] = []
         for item in batch.items:
-            task = found[item.sha256]
-            where = f"Label Studio task {task['id']} (image {item.staged_name})"
-            ann = newest_annotation(task.get("annotations") or [])
-            if ann is None:
+            if found[item.sha256] is None:  # no task here on purpose: not counted
                 continue
-            data = task.get("data") or {}
-            if data.get("labelwise_sha256") not in (None, item.sha256):
-                problems.append(Problem(item.sha256, where, f"{where} belongs to image {data.get('labelwise_sha256')}, not {item.sha256}; push the round again"))
-                continue
-            common = dict(
-                sha256=item.sha256,
-                annotator=annotator_of(ann),
-                lead_time_s=float(ann["lead_time"]) if ann.get("lead_time") is not None else None,
-                updated_at=ann.get("updated_at"),
-                source=f"label_studio task {task['id']} annotation {ann.get('id')}",
+            outcome, label, probs = self._judge(batch, pid, item, found[item.sha256])
+            outcomes.append(outcome)
+            problems.extend(probs)
+            if label is not None:
+                labels.append(label)
+        held = tuple(o.sha256 for o in outcomes if o.status == "rejected")
+        return PullResult(tuple(labels), tuple(problems), tuple(outcomes), held)
+
+    def progress(self, batch: Batch) -> AnnotationProgress:
+        """Accepted / rejected / skipped / pending, reading only ids and annotation counts of the round's tasks and the
+        annotations of tasks that changed since the last call."""
+        return self._evaluate(batch, use_cache=True).counts()
+
+    def pull(self, batch: Batch) -> PullResult:
+        return self._evaluate(batch, use_cache=False)
+
+    # -- retire -------------------------------------------------------------------------------------------------------
+
+    def retire(self, batch: Batch, *, keep: Collection[str] = ()) -> RetireReport:
+        """Delete the batch's tasks that nobody has annotated or skipped (annotators can no longer pick them up); keep
+        annotated ones and the images in `keep` (e.g. those also in the new batch). Says which."""
+        self._check_batch(batch)
+        keep = set(keep)
+        pid = self.project_id
+        tasks = self._round_tasks(batch.round)
+        if pid is None or not tasks:
+            return RetireReport(batch.round, missing=tuple(i.sha256 for i in batch.items),
+                                details=tuple(f"image {i.staged_name}: not pushed to Label Studio" for i in batch.items))
+        self._get_project(pid)
+
+        def annotations(task: dict) -> int:
+            return (task.get("total_annotations") or 0) + (task.get("cancelled_annotations") or 0)
+
+        light = self._light_tasks(pid, sorted(set(tasks.values())))
+        candidates = [tasks[i.sha256] for i in batch.items if i.sha256 not in keep and i.sha256 in tasks
+                      and tasks[i.sha256] in light and not annotations(light[tasks[i.sha256]])]
+        # An annotator may have submitted since: read those tasks again just before deleting.
+        again = self._light_tasks(pid, candidates) if candidates else {}
+        delete = [tid for tid in candidates if tid in again and not annotations(again[tid])]
+        light.update(again)
+        removed, kept, missing, details = [], [], [], []
+        for item in batch.items:
+            tid = tasks.get(item.sha256)
+            name = f"task {tid} (image {item.staged_name})"
+            if tid is None or tid not in light:
+                missing.append(item.sha256)
+                details.append(f"image {item.staged_name}: no task in project {pid}")
+            elif tid in delete:
+                removed.append(item.sha256)
+                details.append(f"{name}: deleted, nobody had annotated it")
+            else:
+                kept.append(item.sha256)
+                n = annotations(light[tid])
+                details.append(f"{name}: kept, " + (f"{n} annotation(s)" if n else "asked to keep it"))
+        for start in range(0, len(delete), ID_CHUNK):
+            chunk = delete[start : start + ID_CHUNK]
+            self.client.request(
+                "POST", "/api/dm/actions", what=f"deleting {len(chunk)} unlabeled tasks of round {batch.round} in project {pid}",
+                params={"id": "delete_tasks", "project": pid},
+                json={"selectedItems": {"all": False, "included": chunk}},
             )
-            if ann.get("was_cancelled"):
-                labels.append(AnnotatedImage(status="skipped", **common))
-                continue
-            if self.check_hashes:
-                try:
-                    current = file_sha256(item.path)
-                except OSError as exc:
-                    problems.append(Problem(item.sha256, where, f"{where}: cannot read {item.path} to check it ({exc.strerror}); restore the file"))
-                    continue
-                if current != item.sha256:
-                    problems.append(
-                        Problem(
-                            item.sha256,
-                            where,
-                            f"{where}: the image file {item.path} changed since it was selected (sha256 {current[:12]} is "
-                            f"not {item.sha256[:12]}); its boxes may not fit the file. Restore the file, or let the "
-                            "image go back to the pool and select it again.",
-                        )
-                    )
-                    continue
-            boxes, errors = convert_annotation(ann, item, batch.classes, where)
-            if errors:
-                problems.append(Problem(item.sha256, where, f"{where}, annotation {ann.get('id')}: " + "; ".join(errors) + ". Correct it in Label Studio and pull again."))
-                continue
-            labels.append(AnnotatedImage(status="labeled", boxes=boxes, **common))
-        return PullResult(tuple(labels), tuple(problems))
+        if removed:
+            gone = set(removed)
+            self._set_round_tasks(batch.round, {s: t for s, t in tasks.items() if s not in gone})
+            self.state.set(self._key("round", batch.round, "retired"), sorted(self._retired(batch.round) | gone))
+            for tid in delete:
+                self._cache.pop(tid, None)
+        log.info("retired round %d in Label Studio project %d: %d tasks deleted, %d kept", batch.round, pid, len(removed), len(kept))
+        return RetireReport(batch.round, tuple(removed), tuple(kept), tuple(missing), tuple(details))
 
     # -- wait ---------------------------------------------------------------------------------------------------------
 
@@ -708,7 +942,8 @@ class LabelStudioBackend:
         on_progress: Callable[[AnnotationProgress], None] | None = None,
         webhook: bool | None = None,
     ) -> AnnotationProgress:
-        """Wait until every image of the batch is done (or `timeout_s` passes); returns the last progress.
+        """Wait until every image of the batch is done (accepted or skipped) or `timeout_s` passes; returns the last
+        progress.
 
         Polls with back-off (poll_s, growing 1.5x while nothing changes, up to max_poll_s). With a webhook port
         (`webhook_port`, 0 = any free port) it also listens on 127.0.0.1 for Label Studio's annotation webhooks and
@@ -731,7 +966,7 @@ class LabelStudioBackend:
                 prog = self.progress(batch)
                 if on_progress is not None and prog != last:
                     on_progress(prog)
-                if prog.done >= prog.total:
+                if prog.complete:
                     return prog
                 delay = poll_s if prog != last else min(max_poll_s, delay * 1.5)
                 last = prog
@@ -778,6 +1013,10 @@ class LabelStudioBackend:
             )
             return None
         return int(hook["id"])
+
+
+def _lead_time(annotation: dict) -> float | None:
+    return float(annotation["lead_time"]) if annotation.get("lead_time") is not None else None
 
 
 class _WebhookListener:
