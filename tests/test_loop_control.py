@@ -4,7 +4,6 @@ embeddings drawn from the image's hash, so these tests exercise the real state m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +132,94 @@ def test_an_empty_batch_left_by_an_older_version_is_never_complete_and_run_selec
     done, on_round = _rounds_counter()
     ws.run(oracle=scenes[0] / "labels", rounds=1, on_round=on_round)
     assert done == [1] and len(ws.store.selection(1)) == 3
+
+
+# -- 2. a stop is not a life sentence -------------------------------------------------------------------------------
+
+PLATEAU = (0.3, 0.5, 0.501, 0.502, 0.503, 0.504, 0.505, 0.506)  # gains 0.2, then 0.001 a round
+
+
+def _stopping(patience: int) -> dict:
+    return {"rule": "min_gain", "min_map_gain": 0.005, "patience": patience}
+
+
+@pytest.mark.parametrize("patience, trainings", [(1, 3), (2, 4)])
+def test_the_gain_rule_waits_the_configured_patience(tmp_path, scenes, patience, trainings):
+    detector = FakeDetector(PLATEAU)
+    ws = _workspace(tmp_path, scenes, detector, stopping=_stopping(patience))
+    reason = ws.run(oracle=scenes[0] / "labels")
+    assert reason.startswith("stopping rule 'min_gain'")
+    assert len(detector.trained) == trainings  # gains 0.2, 0.001 (stop at patience 1), 0.001 (patience 2)
+
+
+def test_resume_lifts_the_stop_and_goes_on_from_the_trained_model(tmp_path, scenes):
+    detector = FakeDetector(PLATEAU)
+    ws = _workspace(tmp_path, scenes, detector, stopping=_stopping(1))
+    first = ws.run(oracle=scenes[0] / "labels")
+    assert ws.finished() == first and ws.status().step == "finished"
+    assert "labelwise resume" in ws.status().message
+    stopped_round, labeled = ws.store.current_round().round, ws.store.counts()["pool_labeled"]
+    assert ws.run(oracle=scenes[0] / "labels") == first  # without resume a stop holds
+
+    message = ws.resume()
+    assert message.startswith("resumed") and first in message and "stop again" not in message
+    assert ws.finished() is None
+    trainings = len(detector.trained)
+    done, on_round = _rounds_counter()
+    again = ws.run(oracle=scenes[0] / "labels", on_round=on_round)
+    # the stopped round scores with the model it had (no second training on the same labels), selects, is
+    # labeled; the next model gains 0.001 again and the rule stops the loop once more
+    assert done == [stopped_round]
+    assert len(detector.trained) == trainings + 1
+    assert ws.store.counts()["pool_labeled"] == labeled + 3
+    assert again.startswith("stopping rule 'min_gain'") and ws.finished() == again
+    assert ws.resume().startswith("resumed") and Workspace(ws.root).finished() is None
+    assert ws.resume() == "the loop was not stopped; nothing to resume"
+
+
+def test_editing_the_stopping_settings_lifts_the_stop_they_no_longer_justify(tmp_path, scenes):
+    detector = FakeDetector(PLATEAU)
+    ws = _workspace(tmp_path, scenes, detector, stopping=_stopping(1))
+    reason = ws.run(oracle=scenes[0] / "labels")
+    assert Workspace(ws.root, detector=detector).finished() == reason  # reopening changes nothing
+    config = load_config(ws.root)
+    config.budget.per_round = 4  # not a stopping setting: the stop holds
+    save_config(ws.root, config)
+    assert Workspace(ws.root, detector=detector).finished() == reason
+    config.stopping.patience = 3
+    save_config(ws.root, config)
+    ws = Workspace(ws.root, detector=detector)
+    assert ws.finished() is None
+    assert ws.status().next_command == "labelwise run" and "settings in labelwise.yaml changed" in \
+        ws.status().message
+    trainings = len(detector.trained)
+    again = ws.run(oracle=scenes[0] / "labels")
+    assert again.startswith("stopping rule 'min_gain'") and "3 rounds in a row" in again
+    assert len(detector.trained) == trainings + 2  # two more plateau rounds: patience 3 is met
+
+
+def test_raising_the_budget_lifts_a_budget_stop_and_resume_warns_while_it_holds(tmp_path, scenes):
+    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "initial": 3, "total": 3}, stopping={"rule": "none"})
+    reason = ws.run(oracle=scenes[0] / "labels")
+    assert reason == "label budget reached (3 of 3 labeled)"
+    message = ws.resume()
+    assert "label budget reached" in message and "stop again" in message and "labelwise.yaml" in message
+    assert ws.run(oracle=scenes[0] / "labels") == reason
+    config = load_config(ws.root)
+    config.budget.total = 6
+    save_config(ws.root, config)
+    ws = Workspace(ws.root, detector=ws.detector)
+    assert ws.run(oracle=scenes[0] / "labels") == "label budget reached (6 of 6 labeled)"
+
+
+def test_cli_resume(tmp_path, scenes):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+
+    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "total": 0})
+    ws.run(oracle=scenes[0] / "labels")
+    result = CliRunner().invoke(app, ["resume", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output and "budget.total is 0" in result.output
+    assert Workspace(ws.root).store.kv_get("loop", "finished") is None

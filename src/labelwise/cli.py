@@ -190,6 +190,13 @@ def run(workspace: WorkspaceOpt = Path("."),
     out.print(reason)
 
 
+@app.command()
+@friendly
+def resume(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Lift a recorded stop (stopping rule, budget) so that `labelwise run` goes on."""
+    out.print(Workspace(workspace).resume(), highlight=False)
+
+
 def _print_round(summary: RoundSummary) -> None:
     trained = f"trained on {summary.n_labeled}, mAP50 {summary.map50:.3f}; " if summary.map50 is not None else ""
     out.print(f"round {summary.round}: {trained}selected {len(summary.selected)}")

@@ -95,6 +95,9 @@ class Workspace:
     def _open_round(self) -> tuple[int, str]:
         return open_round(self.ctx)
 
+    def resume(self) -> str:
+        return machine.resume(self.ctx)
+
     def step(self) -> str | None:
         return machine.step(self.ctx)
 

@@ -3,11 +3,14 @@ round and step come next (the state every step checks before it runs)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from labelwise.config import WorkspaceConfig
 from labelwise.detectors.base import Detector
@@ -49,13 +52,61 @@ class WorkspaceContext:
         return self.root / "rounds" / f"r{round_no:03d}"
 
 
+def stop_settings_hash(config: WorkspaceConfig) -> str:
+    """A fingerprint of the settings that decide when the loop stops: the `stopping:` section and `budget.total`.
+    Recorded with a stop, so that editing them in labelwise.yaml lifts a stop they no longer justify."""
+    def plain(value: Any) -> Any:
+        if hasattr(value, "model_dump"):  # a pydantic model
+            return value.model_dump(mode="json")
+        if dataclasses.is_dataclass(value):
+            return dataclasses.asdict(value)
+        return value
+
+    settings = {"stopping": plain(config.stopping), "budget.total": config.budget.total}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def finished(ctx: WorkspaceContext) -> str | None:
-    """Why the loop stopped, or None while it goes on."""
-    return ctx.store.kv_get("loop", "finished")
+    """Why the loop stopped, or None while it goes on. A stop recorded under other stopping settings (see
+    `stop_settings_hash`) no longer holds: the next step clears it."""
+    reason = ctx.store.kv_get("loop", "finished")
+    if not reason:
+        return None
+    recorded = ctx.store.kv_get("loop", "finished_settings")
+    if recorded is not None and recorded != stop_settings_hash(ctx.config):
+        return None
+    return reason
+
+
+def record_stop(ctx: WorkspaceContext, reason: str, close_round: int | None = None) -> None:
+    """Record that the loop stopped and why, with the settings that made it stop; `close_round` is marked done
+    (a round stopped before scoring: its model is the last word)."""
+    with ctx.store.transaction():
+        if close_round is not None:
+            ctx.store.update_round(close_round, step="done")
+        ctx.store.kv_set("loop", "finished", reason)
+        ctx.store.kv_set("loop", "finished_settings", stop_settings_hash(ctx.config))
+
+
+def clear_stop(ctx: WorkspaceContext) -> str | None:
+    """Lift a recorded stop; returns its reason (None when there was none). A round the stop closed right after
+    training (done, nothing selected, never finished by annotation) is reopened at its score step, so going on
+    scores with the model already trained instead of training it again on the same labels."""
+    reason = ctx.store.kv_get("loop", "finished")
+    with ctx.store.transaction():
+        current = ctx.store.current_round()
+        if (reason and current is not None and current.step == "done" and current.model_hash
+                and current.finished_at is None and not ctx.store.selection(current.round)):
+            ctx.store.update_round(current.round, step="score")
+        ctx.store.kv_set("loop", "finished", None)
+        ctx.store.kv_set("loop", "finished_settings", None)
+    return reason
 
 
 def open_round(ctx: WorkspaceContext) -> tuple[int, str]:
     """The round and step to do next, opening a new round when the last one is done."""
+    if ctx.store.kv_get("loop", "finished") and finished(ctx) is None:
+        clear_stop(ctx)  # labelwise.yaml's stopping settings changed since the stop: they decide again
     current = ctx.store.current_round()
     if current is not None and current.step != "done":
         return current.round, current.step

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from labelwise.workflow import annotating, scoring, selecting, training
-from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, finished, open_round
-from labelwise.workflow.status import selection_blocked, should_stop
+from labelwise.workflow.context import (
+    LoopError,
+    WorkspaceContext,
+    clear_stop,
+    crash_point,
+    finished,
+    open_round,
+    record_stop,
+)
+from labelwise.workflow.status import hard_limit, selection_blocked, should_stop
 
 STEPS = ("train", "score", "select", "annotate", "done")
 
@@ -60,15 +68,14 @@ def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = 
         if name == "score":
             reason = should_stop(ctx)
             if reason:
-                ctx.store.update_round(round_no, step="done")
-                ctx.store.kv_set("loop", "finished", reason)
+                record_stop(ctx, reason, close_round=round_no)
                 return reason
         if name == "select":
             # The stopping rule waits for the next score step; a spent budget or an empty pool stops now, or
             # every round would select nothing, complete at once, and open the next one.
             reason = selection_blocked(ctx)
             if reason:
-                ctx.store.kv_set("loop", "finished", reason)
+                record_stop(ctx, reason)
                 return reason
             selecting.select(ctx)
         elif name == "annotate" and oracle is not None:
@@ -94,3 +101,20 @@ def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = 
                                       ctx.store.selection(round_no)))
             if rounds is not None and completed >= rounds:
                 return f"{completed} round(s) done"
+
+
+def resume(ctx: WorkspaceContext) -> str:
+    """Lift a recorded stop so that `run` goes on. A stopping rule's verdict is set aside until a model is trained
+    on more labels (the next verdict judges new rounds); a hard limit (budget, pool, max_rounds) still holds, and
+    the message says which setting to change. Returns what happened, in words."""
+    reason = clear_stop(ctx)
+    if not reason:
+        return "the loop was not stopped; nothing to resume"
+    trained = [r.round for r in ctx.store.rounds() if r.map50 is not None]
+    ctx.store.kv_set("loop", "resumed_after_round", trained[-1] if trained else 0)
+    message = f"resumed: the stop ({reason}) is lifted"
+    limit = hard_limit(ctx)
+    if limit:
+        message += (f"; but {limit}, so `labelwise run` will stop again: change it in "
+                    f"{ctx.root / 'labelwise.yaml'} first")
+    return message

@@ -58,15 +58,28 @@ def selection_blocked(ctx: WorkspaceContext) -> str | None:
     return None
 
 
-def should_stop(ctx: WorkspaceContext) -> str | None:
-    """A reason to stop before the next selection: budget spent, pool empty, or the stopping rule."""
+def hard_limit(ctx: WorkspaceContext) -> str | None:
+    """A limit set in labelwise.yaml that stops the loop whatever the models do: the budget, the pool, max_rounds."""
     blocked = selection_blocked(ctx)
     if blocked:
         return blocked
     rounds = ctx.store.rounds()
     if ctx.config.stopping.max_rounds and len(rounds) > ctx.config.stopping.max_rounds:
         return f"max_rounds ({ctx.config.stopping.max_rounds}) reached"
+    return None
+
+
+def should_stop(ctx: WorkspaceContext) -> str | None:
+    """A reason to stop before the next selection: budget spent, pool empty, max_rounds, or the stopping rule.
+    After `resume`, the rule waits for a model trained after the resume: the rounds it judged are the same."""
+    limit = hard_limit(ctx)
+    if limit:
+        return limit
     rule = ctx.config.stopping.rule
+    resumed_after = ctx.store.kv_get("loop", "resumed_after_round")
+    trained = [r.round for r in ctx.store.rounds() if r.map50 is not None]
+    if resumed_after is not None and (not trained or trained[-1] <= resumed_after):
+        return None
     if rule != "none":
         for advice in stop_advice(ctx):
             if advice.rule == rule and advice.stop:
@@ -81,8 +94,14 @@ def status(ctx: WorkspaceContext) -> Status:
     stopped = finished(ctx)
     trained = [r for r in ctx.store.rounds() if r.map50 is not None]
     last_map = trained[-1].map50 if trained else None
+    recorded = ctx.store.kv_get("loop", "finished")
     if stopped:
-        step, cmd, msg = "finished", "labelwise report", f"the loop has finished: {stopped}"
+        step, cmd, msg = "finished", "labelwise report", (f"the loop has finished: {stopped} (to go on anyway: "
+                                                          f"labelwise resume -w {ctx.root})")
+    elif recorded:  # a stop whose settings were edited since: the next step lifts it
+        step, cmd = "resume", "labelwise run"
+        msg = (f"the loop stopped ({recorded}), but the stopping settings in labelwise.yaml changed since; "
+               "`labelwise run` goes on")
     elif current is None or current.step == "done":
         nxt = "train" if counts["pool_labeled"] else "select"
         step, cmd = nxt, f"labelwise {nxt}" if nxt == "train" else "labelwise select"
