@@ -1,26 +1,48 @@
 """Safe unpacking of archives people send back (CVAT exports, zipped label folders).
 
 Every member is checked before anything is written: no absolute path, no drive letter, no `..`, no link, no device
-or other special file, no two members with the same name, and no more than `max_bytes` unpacked in total. A bad
-archive raises `ArchiveError` naming the archive and the member, and leaves the target untouched.
+or other special file, no two members with the same name. Only label files are unpacked (`LABEL_SUFFIXES`; images
+and anything else in the archive are passed over, never decompressed to disk), within limits that fit labels
+(`MAX_FILE_BYTES`, `MAX_TOTAL_BYTES`, `MAX_MEMBERS`, `MAX_RATIO`). A bad archive raises `ArchiveError` naming the
+archive and the member, and leaves the target untouched.
+
+`extracted(archive)` unpacks into a temporary folder and removes it afterwards: what an import reads from an
+archive is not kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 
 from labelwise.quoting import quote
 
-__all__ = ["ArchiveError", "safe_extract", "safe_member_path"]
+__all__ = ["ArchiveError", "LABEL_SUFFIXES", "extracted", "is_label_member", "safe_extract", "safe_member_path"]
 
-DEFAULT_MAX_BYTES = 20 * 1024**3
-DEFAULT_MAX_MEMBERS = 1_000_000
+# What the label readers take from an unpacked archive: YOLO txt (and classes.txt, CVAT's train.txt), CVAT for
+# images 1.1 (.xml), CVAT YOLO 1.1 (obj.names, obj.data), Ultralytics/Roboflow data.yaml, JSON exports (Label
+# Studio, COCO). Anything else, the images of an export above all, is not unpacked.
+LABEL_SUFFIXES = frozenset({".txt", ".xml", ".names", ".data", ".yaml", ".yml", ".json"})
+
+# Limits that fit labels and no more. A YOLO label file is ~40 bytes a box and a CVAT XML ~150 bytes a box: 50 MB
+# is a third of a million boxes in one file, and a batch of labels a few MB. 1 GB in all and a million files are
+# far beyond any batch while keeping a workspace's disk safe.
+MAX_FILE_BYTES = 50 * 1024**2
+MAX_TOTAL_BYTES = 1024**3
+MAX_MEMBERS = 1_000_000
+# Compression-bomb guard: label text deflates 3 to 20 times (repetitive XML the most); an archive whose label files
+# unpack to more than MAX_RATIO times its own size is refused once they exceed RATIO_FLOOR_BYTES (below that the
+# ratio is harmless). The limits above are checked on the sizes the archive declares, and again on the bytes
+# actually written.
+MAX_RATIO = 100
+RATIO_FLOOR_BYTES = 10 * 1024**2
 
 
 class ArchiveError(ValueError):
@@ -41,52 +63,95 @@ def safe_member_path(name: str, archive: Path | str = "archive") -> PurePosixPat
     return PurePosixPath(*parts) if parts else None
 
 
-def _check_total(archive: Path, total: int, count: int, max_bytes: int, max_members: int) -> None:
-    if count > max_members:
-        raise ArchiveError(f"{archive}: more than {max_members} members; refusing to unpack the archive")
-    if total > max_bytes:
-        raise ArchiveError(f"{archive}: unpacks to {total} bytes, more than the limit of {max_bytes}; refusing to unpack")
+def is_label_member(rel: PurePosixPath, suffixes: Collection[str] = LABEL_SUFFIXES) -> bool:
+    """Whether a member is unpacked: a label file by its suffix, and not macOS resource-fork litter
+    (`__MACOSX/`, `._name.txt`), which has the suffix of the file it belongs to but holds no text."""
+    return rel.suffix.lower() in suffixes and "__MACOSX" not in rel.parts and not rel.name.startswith("._")
+
+
+class _Limits:
+    """The limits of one unpacking, checked as members are listed (declared sizes) and as they are written."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_members: int, max_file_bytes: int, max_ratio: float,
+                 suffixes: Collection[str] | None) -> None:
+        self.archive = archive
+        self.suffixes = None if suffixes is None else frozenset(suffixes)
+        self.max_bytes, self.max_members = max_bytes, max_members
+        self.max_file_bytes, self.max_ratio = max_file_bytes, max_ratio
+        self.archive_bytes = archive.stat().st_size
+        self.count = 0
+        self.total = 0
+
+    def wanted(self, rel: PurePosixPath) -> bool:
+        return self.suffixes is None or is_label_member(rel, self.suffixes)
+
+    def member(self, name: str) -> None:
+        self.count += 1
+        if self.count > self.max_members:
+            raise ArchiveError(f"{self.archive}: more than {self.max_members:,} members; refusing to unpack the "
+                               "archive (a batch of labels has far fewer files)")
+
+    def add(self, name: str, size: int) -> None:
+        if size > self.max_file_bytes:
+            raise ArchiveError(f"{self.archive}: member {quote(name)} unpacks to {size:,} bytes, more than the "
+                               f"{self.max_file_bytes:,} a label file may have; refusing to unpack the archive")
+        self.total += size
+        if self.total > self.max_bytes:
+            raise ArchiveError(f"{self.archive}: its label files unpack to more than the limit of "
+                               f"{self.max_bytes:,} bytes; refusing to unpack the archive")
+        if self.total > RATIO_FLOOR_BYTES and self.total > self.max_ratio * self.archive_bytes:
+            raise ArchiveError(f"{self.archive}: its label files unpack to {self.total:,} bytes, more than "
+                               f"{self.max_ratio:g} times the archive's {self.archive_bytes:,} bytes (a compression "
+                               "bomb?); refusing to unpack the archive")
 
 
 def safe_extract(
     archive: Path | str,
     target: Path | str,
     *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_ratio: float = MAX_RATIO,
+    suffixes: Collection[str] | None = LABEL_SUFFIXES,
 ) -> list[Path]:
-    """Unpack a .zip or a tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) into `target`; returns the files written.
+    """Unpack the label files of a .zip or a tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) into `target`; returns
+    the files written. Other members (images, ...) are checked like every member but not unpacked.
+    `suffixes`: which files are label files (lower case, with the dot); None unpacks every file (for an archive
+    labelwise wrote itself, e.g. a CVAT task archive in a test), within the same limits.
 
     All members are validated first; the files are unpacked into a temporary folder beside `target` and moved in,
     so a failure half-way leaves nothing behind in `target`. Existing files in `target` are never overwritten.
+    `extracted` is the same into a temporary folder that is removed afterwards.
     """
     archive = Path(archive)
     target = Path(target)
     if not archive.is_file():
         raise ArchiveError(f"{archive}: no such archive file")
+    limits = _Limits(archive, max_bytes, max_members, max_file_bytes, max_ratio, suffixes)
     if zipfile.is_zipfile(archive):
-        members = _zip_members(archive, max_bytes, max_members)
+        members = _zip_members(archive, limits)
         opener = _zip_reader
     elif tarfile.is_tarfile(archive):
-        members = _tar_members(archive, max_bytes, max_members)
+        members = _tar_members(archive, limits)
         opener = _tar_reader
     else:
         raise ArchiveError(f"{archive}: not a zip or tar archive")
 
     target.mkdir(parents=True, exist_ok=True)
-    for rel, _ in members:
+    for rel, _, _ in members:
         if (target / rel).exists() and not (target / rel).is_dir():
             raise ArchiveError(f"{archive}: member {quote(str(rel))} already exists in {target}; unpack into an empty folder")
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
     written: list[Path] = []
     try:
         with opener(archive) as read:
-            for rel, key in members:
+            for rel, key, size in members:
                 dest = staging / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with read(key) as src, open(dest, "xb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        for rel, _ in members:
+                    _copy_at_most(src, dst, size, archive, rel)
+        for rel, _, _ in members:
             final = target / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, final)
@@ -96,10 +161,36 @@ def safe_extract(
     return written
 
 
-def _zip_members(archive: Path, max_bytes: int, max_members: int) -> list[tuple[PurePosixPath, object]]:
-    members: list[tuple[PurePosixPath, object]] = []
+@contextlib.contextmanager
+def extracted(archive: Path | str, *, dir: Path | str | None = None, **limits) -> Iterator[Path]:
+    """`with extracted(archive) as folder:` the archive's label files unpacked (as `safe_extract` does, same
+    keyword limits) into a new temporary folder, which is removed with everything in it when the block ends, also
+    on an error. `dir`: where the temporary folder is made (default: the system's temporary folder); give one on
+    the workspace's disk for big archives."""
+    if dir is not None:
+        Path(dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".labelwise-unpack-", dir=dir))
+    try:
+        safe_extract(archive, tmp / "files", **limits)
+        yield tmp / "files"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_at_most(src, dst, size: int, archive: Path, rel: PurePosixPath) -> None:
+    """Copy a member, refusing it if it holds more than the `size` it declared (the limits were checked on that)."""
+    left = size
+    while chunk := src.read(min(1 << 20, left + 1)):
+        left -= len(chunk)
+        if left < 0:
+            raise ArchiveError(f"{archive}: member {quote(str(rel))} holds more than the {size:,} bytes it "
+                               "declares; refusing to unpack the archive")
+        dst.write(chunk)
+
+
+def _zip_members(archive: Path, limits: _Limits) -> list[tuple[PurePosixPath, object, int]]:
+    members: list[tuple[PurePosixPath, object, int]] = []
     seen: set[str] = set()
-    total = 0
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -119,37 +210,42 @@ def _zip_members(archive: Path, max_bytes: int, max_members: int) -> list[tuple[
         if key in seen:
             raise ArchiveError(f"{archive}: member {quote(info.filename)} appears twice; refusing to unpack the archive")
         seen.add(key)
-        total += info.file_size
-        members.append((rel, info))
-        _check_total(archive, total, len(members), max_bytes, max_members)
+        limits.member(info.filename)
+        if limits.wanted(rel):
+            limits.add(info.filename, info.file_size)
+            members.append((rel, info, info.file_size))
     return members
 
 
-def _tar_members(archive: Path, max_bytes: int, max_members: int) -> list[tuple[PurePosixPath, object]]:
-    members: list[tuple[PurePosixPath, object]] = []
+def _tar_members(archive: Path, limits: _Limits) -> list[tuple[PurePosixPath, object, int]]:
+    members: list[tuple[PurePosixPath, object, int]] = []
     seen: set[str] = set()
-    total = 0
     try:
         with tarfile.open(archive) as tf:
-            infos = tf.getmembers()
+            for info in tf:  # one at a time: the member limit stops a tar of millions of entries early
+                rel = _tar_member(archive, info, seen, limits)
+                if rel is not None and limits.wanted(rel):
+                    limits.add(info.name, info.size)
+                    members.append((rel, info.name, info.size))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError(f"{archive}: cannot read the tar archive ({exc})") from None
-    for info in infos:
-        if info.issym() or info.islnk():
-            raise ArchiveError(f"{archive}: member {quote(info.name)} is a link; refusing to unpack the archive")
-        if not (info.isfile() or info.isdir()):
-            raise ArchiveError(f"{archive}: member {quote(info.name)} is not a regular file; refusing to unpack the archive")
-        rel = safe_member_path(info.name, archive)
-        if info.isdir() or rel is None:
-            continue
-        key = str(rel)
-        if key in seen:
-            raise ArchiveError(f"{archive}: member {quote(info.name)} appears twice; refusing to unpack the archive")
-        seen.add(key)
-        total += info.size
-        members.append((rel, info.name))
-        _check_total(archive, total, len(members), max_bytes, max_members)
     return members
+
+
+def _tar_member(archive: Path, info: tarfile.TarInfo, seen: set[str], limits: _Limits) -> PurePosixPath | None:
+    if info.issym() or info.islnk():
+        raise ArchiveError(f"{archive}: member {quote(info.name)} is a link; refusing to unpack the archive")
+    if not (info.isfile() or info.isdir()):
+        raise ArchiveError(f"{archive}: member {quote(info.name)} is not a regular file; refusing to unpack the archive")
+    rel = safe_member_path(info.name, archive)
+    if info.isdir() or rel is None:
+        return None
+    key = str(rel)
+    if key in seen:
+        raise ArchiveError(f"{archive}: member {quote(info.name)} appears twice; refusing to unpack the archive")
+    seen.add(key)
+    limits.member(info.name)
+    return rel
 
 
 class _zip_reader:
