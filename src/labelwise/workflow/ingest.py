@@ -9,7 +9,7 @@ from typing import Any
 from labelwise.config import ConfigError, config_from_dict, read_data_yaml, save_config
 from labelwise.pool import Rejected, find_files, inspect_image, is_candidate, label_path_for, read_yolo_label
 from labelwise.progress import track
-from labelwise.workflow.context import WorkspaceContext
+from labelwise.workflow.context import WorkspaceContext, crash_point
 
 
 @dataclass
@@ -82,17 +82,22 @@ def add(ctx: WorkspaceContext, sources: list[Path], *, labeled: bool = False, sp
                     continue
             else:
                 report.unlabeled_in_labeled_source += 1
-        existing = ctx.store.image_by_sha(found.sha256)
-        image_id, created = ctx.store.add_image(found.sha256, str(path), found.width, found.height, split,
-                                                found.phash, found.dhash)
+        image_split = "val" if boxes is not None and split == "pool" and held_out(ctx, found.sha256) else split
+        # One transaction per image: its row, its name, its hashes, its split and its label land together or not
+        # at all. Written one after the other, a kill between them left the image registered without its label,
+        # and the rerun skipped the file by its path: the label was lost for good.
+        with ctx.store.transaction():
+            existing = ctx.store.image_by_sha(found.sha256)
+            image_id, created = ctx.store.add_image(found.sha256, str(path), found.width, found.height,
+                                                    image_split, found.phash, found.dhash)
+            if created and boxes is not None:
+                crash_point("add_before_label")
+                ctx.store.put_label(image_id, boxes, round_no=0, source=f"file {label_file}")
         if not created:
             report.duplicates.append((str(path), str(existing.path if existing else "")))
             continue
         report.added += 1
         if boxes is not None:
-            if split == "pool" and held_out(ctx, found.sha256):
-                ctx.store.set_split(image_id, "val")
-            ctx.store.put_label(image_id, boxes, round_no=0, source=f"file {label_file}")
             report.labeled += 1
     if sources and split == "pool" and not labeled:
         known = set(ctx.config.images)
