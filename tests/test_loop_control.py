@@ -4,6 +4,7 @@ embeddings drawn from the image's hash, so these tests exercise the real state m
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,14 @@ pytestmark = pytest.mark.timeout(120)  # a loop that never stops must fail here,
 
 class FakeDetector:
     """Train: writes a distinct weights file, reports the next mAP50 of `maps` (the last one repeats).
-    Score: one or two boxes per image and a 16-d embedding, deterministic per image hash."""
+    Score: one or two boxes per image and a 16-d embedding, deterministic per image hash; with memorize=True a
+    model's boxes on the images it trained on are its own (as a real model reproduces its labels), so two models
+    agree exactly on the images neither trained on and disagree on the rest."""
 
-    def __init__(self, maps: tuple[float, ...] = (0.3, 0.5, 0.6, 0.65, 0.7, 0.72), n_classes: int = 2):
-        self.maps, self.n_classes = list(maps), n_classes
+    def __init__(self, maps: tuple[float, ...] = (0.3, 0.5, 0.6, 0.65, 0.7, 0.72), n_classes: int = 2,
+                 memorize: bool = False):
+        self.maps, self.n_classes, self.memorize = list(maps), n_classes, memorize
+        self.trained_on: dict[str, set[Path]] = {}  # weights -> the images it trained on
         self.trained: list[TrainRequest] = []
         self.scored: list[str] = []
         self.score_kwargs: list[dict] = []
@@ -33,14 +38,19 @@ class FakeDetector:
         request.out_dir.mkdir(parents=True, exist_ok=True)
         weights = request.out_dir / "best.pt"
         weights.write_text(f"{request.out_dir} {len(self.trained)}")
+        train_dir = request.data_yaml.parent / "images" / "train"
+        self.trained_on[str(weights)] = {p.resolve() for p in train_dir.iterdir()} if train_dir.exists() else set()
         map50 = self.maps[min(len(self.trained) - 1, len(self.maps) - 1)]
         return TrainResult(weights, map50, map50 / 2, {"a": map50, "b": map50}, 0.01)
 
     def score(self, weights, images, *, imgsz, conf, iou, batch, device, flip=False, max_det=100, **kwargs):
         self.score_kwargs.append(kwargs)
-        for sha, _path in images:
+        for sha, path in images:
             self.scored.append(sha)
-            rng = np.random.default_rng(int(sha[:8], 16))
+            seed = int(sha[:8], 16)
+            if self.memorize and Path(path).resolve() in self.trained_on.get(str(weights), ()):
+                seed += zlib.crc32(str(weights).encode())  # each model its own boxes there
+            rng = np.random.default_rng(seed)
             n = int(rng.integers(1, 3))
             xy = rng.uniform(0, 40, (n, 2))
             boxes = np.concatenate([xy, xy + rng.uniform(5, 20, (n, 2))], axis=1).astype(np.float32)
@@ -223,3 +233,17 @@ def test_cli_resume(tmp_path, scenes):
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output and "budget.total is 0" in result.output
     assert Workspace(ws.root).store.kv_get("loop", "finished") is None
+
+
+# -- 3. the stabilizing-predictions stop set ------------------------------------------------------------------------
+
+
+def test_agreement_is_measured_only_on_images_neither_model_trained_on(tmp_path, scenes):
+    ws = _workspace(tmp_path, scenes, FakeDetector(memorize=True), stopping={"rule": "none"})
+    ws.run(oracle=scenes[0] / "labels", rounds=3)
+    agreements = [r.agreement for r in ws.store.rounds() if r.agreement is not None]
+    # rounds 2 (first model) has no predecessor; round 3 compares with round 2 on the unlabeled images only,
+    # where the fake's models agree exactly: a labeled image in the stop set would pull this below 1
+    assert agreements == [1.0]
+    current = ws.store.current_round()
+    assert ws._agreement_with_previous(current, stop_set_size=5) == 1.0

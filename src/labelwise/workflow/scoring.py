@@ -34,16 +34,20 @@ def score(ctx: WorkspaceContext, progress: bool = True) -> int:
 
 def agreement_with_previous(ctx: WorkspaceContext, current: Any, stop_set_size: int = 200,
                             conf: float = 0.25) -> float | None:
-    """Stabilizing predictions: how far this round's model agrees with the previous one on a fixed stop set
-    (the pool images with the smallest hashes: fixed, label-independent, and no extra inference since every
-    pool image is scored each round)."""
+    """Stabilizing predictions: how far this round's model agrees with the previous one on a stop set of the
+    pool images not yet labeled with the smallest hashes (fixed by content, not by arrival order; no extra
+    inference since both models scored every pool image).
+
+    Only images neither model trained on: a model reproduces the labels it trained on, so labeled images would
+    agree because they are labeled, not because the models have settled, and make the loop stop early."""
     from labelwise.stopping import prediction_agreement
 
     previous = [r for r in ctx.store.rounds() if r.round < current.round and r.model_hash]
     if not previous:
         return None
     prev_hash = previous[-1].model_hash
-    shas = sorted(img.sha256 for img in ctx.store.images(split="pool"))[:stop_set_size]
+    shas = sorted(img.sha256 for state in ("unlabeled", "selected")
+                  for img in ctx.store.images(split="pool", state=state))[:stop_set_size]
     pairs = []
     for sha in shas:
         a = ctx.store.detections(sha, prev_hash, ctx.config.imgsz)
