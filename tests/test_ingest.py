@@ -48,3 +48,71 @@ def test_a_kill_between_the_image_and_its_label_loses_no_label(tmp_path):
     counts = ws.store.counts()
     assert (counts["pool_labeled"], counts["pool_unlabeled"]) == (6, 0)
     assert all(boxes == [(0, 0.5, 0.5, 0.2, 0.2)] for _, boxes in ws.store.labels("pool"))
+
+
+# -- 2. a rejected label keeps its image out of the pool ------------------------------------------------------------
+
+
+def _mixed_folder(folder: Path) -> Path:
+    """10 images: 0-3 with a label that is refused, 4-6 with none, 7-9 with a good one."""
+    images = _images(folder, 10, seed=5)
+    for i in range(4):
+        (folder / "labels" / f"{i:03d}.txt").write_text("7 0.5 0.5 0.2 0.2\n")  # class 7 of 1
+    for i in range(4, 7):
+        (folder / "labels" / f"{i:03d}.txt").unlink()
+    return images
+
+
+def test_an_image_whose_label_was_rejected_stays_quarantined_when_its_folder_is_also_a_pool_source(tmp_path):
+    images = _mixed_folder(tmp_path / "d")
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], labeled=[images], val_fraction=0.0,
+                          model="yolo11n.yaml")
+    report = ws.ingest_sources(progress=False)
+    rejected = {str(images / f"{i:03d}.png") for i in range(4)}
+    assert {p for p, _ in report.quarantined} == rejected
+    status = ws.status()
+    assert status.counts["quarantined"] == 4 and {p for p, _ in status.quarantined} == rejected
+    assert all("label rejected" in reason and "unknown class id" in reason for _, reason in status.quarantined)
+    counts = ws.store.counts()
+    assert (counts["pool_labeled"], counts["pool_unlabeled"]) == (3, 3)
+    assert not {str(i.path) for i in ws.store.images()} & rejected  # nothing that could go to annotators
+    # seen again, however often and as whatever source, they stay where they are
+    ws.add([images], progress=False)
+    ws.ingest_sources(progress=False)
+    assert ws.store.counts()["quarantined"] == 4 and not {str(i.path) for i in ws.store.images()} & rejected
+
+
+def test_a_copy_of_an_image_with_a_rejected_label_is_held_back_until_the_label_is_fixed(tmp_path):
+    import shutil
+
+    images = _mixed_folder(tmp_path / "d")
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], labeled=[images], val_fraction=0.0,
+                          model="yolo11n.yaml")
+    ws.ingest_sources(progress=False)
+    copy = tmp_path / "more" / "copy.png"
+    copy.parent.mkdir()
+    shutil.copyfile(images / "000.png", copy)
+    report = ws.add([copy.parent], progress=False)
+    assert report.added == 0 and [p for p, _ in report.quarantined] == [str(copy)]
+    assert "same image as" in report.quarantined[0][1] and "000.png" in report.quarantined[0][1]
+    # the label is fixed: a labeled pass takes the image in with it, and its copy is a name of it, not quarantined
+    (images.parent / "labels" / "000.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    assert ws.add([images], labeled=True, progress=False).labeled == 1
+    assert ws.add([copy.parent], progress=False).duplicates
+    assert {p for p, _ in ws.store.quarantined()} == {str(images / f"{i:03d}.png") for i in (1, 2, 3)}
+
+
+def test_a_store_from_before_keeps_its_rejected_labels_apart(tmp_path):
+    import sqlite3
+
+    from labelwise.store import Store
+
+    Store(tmp_path / "s.db").close()
+    with sqlite3.connect(tmp_path / "s.db") as c:  # the quarantine table as schema 2 had it
+        c.execute("DROP INDEX quarantine_sha")
+        c.execute("ALTER TABLE quarantine DROP COLUMN sha256")
+        c.execute("ALTER TABLE quarantine DROP COLUMN label_rejected")
+        c.execute("INSERT INTO quarantine VALUES ('/d/a.png', 'label rejected: a.txt:1: bad', 'now')")
+        c.execute("INSERT INTO quarantine VALUES ('/d/b.png', '/d/b.png: corrupt or unreadable image', 'now')")
+    store = Store(tmp_path / "s.db")
+    assert store.rejected_label(path="/d/a.png") == "/d/a.png" and store.rejected_label(path="/d/b.png") is None

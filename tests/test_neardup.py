@@ -25,7 +25,7 @@ from labelwise.neardup import (
     nearest_hash_duplicate,
 )
 from labelwise.pool import ImageFile, backfill_hashes, inspect_image
-from labelwise.store import STORE_NAME, Store
+from labelwise.store import SCHEMA_VERSION, STORE_NAME, Store
 from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 
 U64_MAX = (1 << 64) - 1
@@ -184,7 +184,7 @@ def test_a_store_made_before_hashes_migrates_on_open_and_backfills(tmp_path):
     store = Store(db)
     columns = {r["name"] for r in store.conn.execute("PRAGMA table_info(images)")}
     assert {"phash", "dhash"} <= columns
-    assert store.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert store.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert [path for _, path in store.images_without_hashes()] == [good, gone]
     with pytest.raises(LookupError, match="no perceptual hashes"):
         store.image_hashes([1])

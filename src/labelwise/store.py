@@ -22,7 +22,7 @@ import numpy as np
 from labelwise.detections import ImageDetections, ScoredPool, csr_offsets
 
 STORE_NAME = "labelwise.db"
-SCHEMA_VERSION = 2  # 2: images.phash, images.dhash
+SCHEMA_VERSION = 3  # 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected
 
 # SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS images(
 );
 CREATE INDEX IF NOT EXISTS images_state ON images(split, state);
 CREATE TABLE IF NOT EXISTS image_paths(path TEXT PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id));
-CREATE TABLE IF NOT EXISTS quarantine(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL);
+-- label_rejected: the image was readable but its label file was refused. sha256: the image's, set only for files
+-- held out because of a refused label (its own, or that of the same bytes under another name)
+CREATE TABLE IF NOT EXISTS quarantine(path TEXT PRIMARY KEY, reason TEXT NOT NULL, at TEXT NOT NULL,
+                                      sha256 TEXT, label_rejected INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS labels(
     image_id INTEGER PRIMARY KEY REFERENCES images(id),
     boxes TEXT NOT NULL,
@@ -178,11 +181,20 @@ class Store:
     def _migrate(self) -> None:
         """Bring a store made by an earlier labelwise up to SCHEMA (inside the opening transaction, so a failed
         migration leaves the file as it was). Version 1 -> 2: the perceptual-hash columns, left NULL for the
-        images already there (`labelwise.pool.backfill_hashes` fills them)."""
+        images already there (`labelwise.pool.backfill_hashes` fills them). 2 -> 3: which quarantined files are
+        there for a rejected label (from the reason ingest has always written), and the image's hash (unknown for
+        the old rows)."""
         columns = {row["name"] for row in self.conn.execute("PRAGMA table_info(images)")}
         for column in ("phash", "dhash"):
             if column not in columns:
                 self.conn.execute(f"ALTER TABLE images ADD COLUMN {column} INTEGER")
+        columns = {row["name"] for row in self.conn.execute("PRAGMA table_info(quarantine)")}
+        if "sha256" not in columns:
+            self.conn.execute("ALTER TABLE quarantine ADD COLUMN sha256 TEXT")
+        if "label_rejected" not in columns:
+            self.conn.execute("ALTER TABLE quarantine ADD COLUMN label_rejected INTEGER NOT NULL DEFAULT 0")
+            self.conn.execute("UPDATE quarantine SET label_rejected=1 WHERE reason LIKE 'label rejected:%'")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS quarantine_sha ON quarantine(sha256)")
 
     def close(self) -> None:
         self.conn.close()
@@ -254,6 +266,8 @@ class Store:
                               (_signed(phash), _signed(dhash), image_id))
             c.execute("INSERT OR IGNORE INTO image_paths(path, image_id) VALUES (?, ?)", (path, image_id))
             c.execute("DELETE FROM quarantine WHERE path=?", (path,))
+            if created:  # names of these bytes held back because a label of theirs was refused: it is in now
+                c.execute("DELETE FROM quarantine WHERE sha256=?", (sha256,))
         return image_id, created
 
     def images_without_hashes(self) -> list[tuple[int, Path]]:
@@ -320,13 +334,26 @@ class Store:
         ).fetchone()[0]
         return out
 
-    def quarantine(self, path: str, reason: str) -> None:
+    def quarantine(self, path: str, reason: str, *, sha256: str | None = None, label_rejected: bool = False) -> None:
+        """Hold `path` out of the pool with the reason. label_rejected: the image is fine but its label file was
+        refused; such an image stays out however often it is seen (see `rejected_label`)."""
         with self.transaction() as c:
             c.execute(
-                "INSERT INTO quarantine(path, reason, at) VALUES (?, ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, at=excluded.at",
-                (path, reason, now()),
+                "INSERT INTO quarantine(path, reason, at, sha256, label_rejected) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, at=excluded.at, sha256=excluded.sha256,"
+                " label_rejected=excluded.label_rejected",
+                (path, reason, now(), sha256, int(label_rejected)),
             )
+
+    def rejected_label(self, *, path: str | None = None, sha256: str | None = None,
+                       other_than: str | None = None) -> str | None:
+        """A quarantined path whose own label file was rejected, found by that path or by the image's hash (a
+        path other than `other_than`); else None."""
+        row = self.conn.execute(
+            "SELECT path FROM quarantine WHERE label_rejected=1 AND (path=? OR sha256=?) AND path IS NOT ?"
+            " ORDER BY path LIMIT 1", (path, sha256, other_than),
+        ).fetchone()
+        return row[0] if row else None
 
     def quarantined(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self.conn.execute("SELECT path, reason FROM quarantine ORDER BY path")]

@@ -64,6 +64,12 @@ def add(ctx: WorkspaceContext, sources: list[Path], *, labeled: bool = False, sp
     for path in iterator:
         if ctx.store.known_path(str(path)) is not None:
             continue
+        # An image whose label was rejected stays quarantined however often it is seen: a folder given both as
+        # labeled and as --images (a supported layout) comes by a second time without its labels, and that pass
+        # must not slip it into the pool as unlabeled (it would vanish from the quarantine and go to annotators).
+        # Only a labeled pass, which reads the label file again, takes it out (fixed label, or no label file).
+        if not labeled and ctx.store.rejected_label(path=str(path)):
+            continue
         found = inspect_image(path)
         if isinstance(found, Rejected):
             ctx.store.quarantine(str(path), found.reason)
@@ -77,11 +83,19 @@ def add(ctx: WorkspaceContext, sources: list[Path], *, labeled: bool = False, sp
                     boxes = read_yolo_label(label_file, n_classes)
                 except ValueError as exc:
                     reason = f"label rejected: {exc}"
-                    ctx.store.quarantine(str(path), reason)
+                    ctx.store.quarantine(str(path), reason, sha256=found.sha256, label_rejected=True)
                     report.quarantined.append((str(path), reason))
                     continue
             else:
                 report.unlabeled_in_labeled_source += 1
+        if boxes is None:  # the same bytes under another name whose label was refused: held back with it
+            rejected = ctx.store.rejected_label(sha256=found.sha256, other_than=str(path))
+            if rejected:
+                reason = (f"{path}: the same image as {rejected}, whose label was rejected; fix or remove that "
+                          "label file, then run `labelwise add --labeled` on its folder")
+                ctx.store.quarantine(str(path), reason, sha256=found.sha256)
+                report.quarantined.append((str(path), reason))
+                continue
         image_split = "val" if boxes is not None and split == "pool" and held_out(ctx, found.sha256) else split
         # One transaction per image: its row, its name, its hashes, its split and its label land together or not
         # at all. Written one after the other, a kill between them left the image registered without its label,
