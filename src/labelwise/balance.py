@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from labelwise.scaling import minmax
+
 
 def class_presence(pool) -> np.ndarray:
     """(N, n_classes) predicted presence ``P[i, c] = max over kept boxes b of image i of p_{b,c}`` (the sigmoid
@@ -36,8 +38,7 @@ def class_rarity(class_counts: np.ndarray) -> np.ndarray:
     the same count (nothing is rare, so nothing is boosted). n_c = labeled box count of class c."""
     counts = np.clip(np.asarray(class_counts, dtype=np.float64).reshape(-1), 0.0, None)
     f = 1.0 / (1.0 + counts)
-    lo, hi = (f.min(), f.max()) if f.size else (0.0, 0.0)
-    return (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
+    return minmax(f)
 
 
 def rare_class_weights(presence: np.ndarray, class_counts: np.ndarray) -> np.ndarray:

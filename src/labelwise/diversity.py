@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
+from labelwise.scaling import minmax
+
 #: Rows per chunk of a pool-by-centres similarity product: bounds temporary memory to chunk x block floats.
 _CHUNK = 16384
 
@@ -306,8 +308,7 @@ def centroid_diversity(embeddings: np.ndarray, n_clusters: int = 50, seed: int =
     km = MiniBatchKMeans(n_clusters=max(1, min(n_clusters, n)), random_state=seed, batch_size=1024, n_init=3)
     labels = km.fit_predict(x)
     d = np.linalg.norm(x - km.cluster_centers_[labels], axis=1).astype(np.float64)
-    lo, hi = d.min(), d.max()
-    return (d - lo) / (hi - lo) if hi > lo else np.zeros(n)
+    return minmax(d)
 
 
 def typicality(x: np.ndarray, n_neighbors: int = 20) -> np.ndarray:

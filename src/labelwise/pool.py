@@ -180,6 +180,9 @@ def parse_yolo_label(text: str, n_classes: int, where: str) -> list[YoloBox]:
 
     A box edge or polygon point may lie up to `labelwise.boxes.EDGE_TOLERANCE` outside [0, 1] (float noise from
     exports) and is then clipped to the image; further out, or an empty box, is refused with the value named.
+
+    The one YOLO txt parser of labelwise: every reader of YOLO label files (folders, archives, CVAT's "YOLO 1.1")
+    uses it, with its own class-id mapping applied afterwards.
     """
     boxes: list[YoloBox] = []
     for line_no, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):

@@ -35,6 +35,7 @@ from labelwise.diversity import (
     l2_normalise,
 )
 from labelwise.neardup import DEFAULT_MAX_HAMMING, nearest_hash_duplicate
+from labelwise.scaling import minmax
 from labelwise.uncertainty import (
     AGGREGATIONS,
     DEFAULT_BOX_THRESHOLD,
@@ -176,14 +177,6 @@ class Selection:
     components: list[dict[str, float]]
     reasons: list[str]
     skipped_duplicates: list[tuple[int, str, float]]
-
-
-def _minmax(v: np.ndarray) -> np.ndarray:
-    """``(v - min v) / (max v - min v)``; all zeros when v is constant (a constant term carries no preference)."""
-    if v.size == 0:
-        return v.astype(np.float64)
-    lo, hi = float(v.min()), float(v.max())
-    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v, dtype=np.float64)
 
 
 def tie_order(image_ids: np.ndarray, seed: int) -> np.ndarray:
@@ -506,7 +499,7 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
                    f"k-center greedy: farthest from every labeled and picked image (distance {dist:.3f})")
             batch.add(r, c["score"], c, why + describe(r))
     elif need > 0 and name == "hybrid":
-        u_scaled = _minmax(unc)
+        u_scaled = minmax(unc)
         if config.diversity == "centroid":
             # k-means draws mini-batches by row position: fit in image-id order so row order cannot matter.
             canonical = np.argsort(ids, kind="stable")
