@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +16,7 @@ from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 def run_demo(directory: Path, rounds: int = 3, strategy: str = "default", epochs: int = 20,
              per_round: int = 40, initial: int = 80, console: Console | None = None,
              spec: ScenarioSpec = ScenarioSpec(n_train=400, n_val=100, image_size=128, seed=0)) -> Workspace:
+    started = time.perf_counter()
     console = console or Console()
     directory = Path(directory).absolute()
     dataset = directory / "dataset"
@@ -62,4 +64,18 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "default", epochs
     console.print(table)
     console.print(f"random selection would hold about {hard_share:.0%} hard and {rare_share:.0%} rare images.")
     console.print(f"workspace: {ws.root}\nnext: labelwise status -w {ws.root}", highlight=False)
+    # The first command a user runs: say what it cost, so they can judge a real pool's rounds from it.
+    console.print(f"demo finished in {format_elapsed(time.perf_counter() - started)}", highlight=False)
     return ws
+
+
+def format_elapsed(seconds: float) -> str:
+    """A duration as a person reads it: '41 s', '2 min 33 s', '1 h 05 min'."""
+    total = int(round(seconds))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
