@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from labelwise.loop import Workspace
@@ -116,3 +117,39 @@ def test_a_store_from_before_keeps_its_rejected_labels_apart(tmp_path):
         c.execute("INSERT INTO quarantine VALUES ('/d/b.png', '/d/b.png: corrupt or unreadable image', 'now')")
     store = Store(tmp_path / "s.db")
     assert store.rejected_label(path="/d/a.png") == "/d/a.png" and store.rejected_label(path="/d/b.png") is None
+
+
+# -- 3. an init stopped half-way is continued by running it again -----------------------------------------------------
+
+
+def _init(ws: Path, images: Path, *extra: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    return _cli("init", str(ws), "--images", str(images), "--labeled", str(images), "--classes", "a",
+                "--model", "yolo11n.yaml", *extra, crash_at=crash_at)
+
+
+@pytest.mark.parametrize("crash_at", ["add_before_label", "init_before_done"])
+def test_init_killed_half_way_is_continued_by_the_same_init(tmp_path, crash_at):
+    from labelwise.loop import init_state
+
+    images = _images(tmp_path / "d", 6)
+    crashed = _init(tmp_path / "ws", images, crash_at=crash_at)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert init_state(tmp_path / "ws") == "started"
+    resumed = _init(tmp_path / "ws", images)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-2000:]
+    assert "continuing" in resumed.stdout
+    assert init_state(tmp_path / "ws") == "done"
+    counts = Workspace(tmp_path / "ws").store.counts()
+    assert counts["pool_labeled"] + counts["val_labeled"] == 6 and counts["pool_unlabeled"] == 0
+    again = _init(tmp_path / "ws", images)  # a finished workspace is not made twice
+    assert again.returncode == 2 and "already a labelwise workspace" in again.stderr
+
+
+def test_init_killed_half_way_then_run_with_other_settings_starts_over(tmp_path):
+    first, second = _images(tmp_path / "d1", 4, seed=1), _images(tmp_path / "d2", 3, seed=2)
+    assert _init(tmp_path / "ws", first, crash_at="init_before_done").returncode == -signal.SIGKILL
+    resumed = _init(tmp_path / "ws", second)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ws = Workspace(tmp_path / "ws")
+    assert {i.path.parent for i in ws.store.images()} == {second}  # nothing left from the first attempt
+    assert ws.config.images == [str(second)]

@@ -18,7 +18,7 @@ from rich.table import Table
 from labelwise.annotation.base import AnnotationError
 from labelwise.config import ConfigError
 from labelwise.detectors.base import DetectorError
-from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace
+from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace, init_state
 from labelwise.presets import resolve as resolve_strategy
 from labelwise.simulate import SimulationError
 
@@ -77,8 +77,12 @@ def init(
     per_round: Annotated[int, typer.Option(help="Images to select per round.")] = 50,
     strategy: Annotated[str, typer.Option(help="Query strategy or preset (default: labelwise's default).")] = "default",
 ) -> None:
-    """Create a workspace: labelwise.yaml and the store, then register the images."""
+    """Create a workspace: labelwise.yaml and the store, then register the images. A rerun continues an init that
+    was stopped half-way."""
     names = [c.strip() for c in classes.split(",")] if classes else None
+    if init_state(directory) == "started":
+        out.print(f"continuing the workspace an earlier `labelwise init` left half-made in {directory} (with other "
+                  "settings it starts over)", highlight=False)
     ws = Workspace.create(directory, images=list(images), classes=names, data_yaml=data, labeled=labeled or [],
                           val=val, model=model, imgsz=imgsz, budget={"per_round": per_round},
                           strategy=resolve_strategy(strategy))

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from labelwise.loop import RoundSummary, Workspace
+from labelwise.loop import RoundSummary, Workspace, init_state
 from labelwise.presets import resolve as resolve_strategy
 from labelwise.synthetic import ScenarioSpec, generate, read_scenarios
 
@@ -30,7 +30,7 @@ def run_demo(directory: Path, rounds: int = 3, strategy: str = "default", epochs
                   f"{rare_share:.0%} with a rare class", highlight=False)
 
     ws_dir = directory / "workspace"
-    if (ws_dir / "labelwise.yaml").exists():
+    if init_state(ws_dir) == "done":
         ws = Workspace(ws_dir)
     else:
         ws = Workspace.create(

@@ -34,13 +34,13 @@ from labelwise.workflow import rounds as machine  # not `rounds`: run() has a pa
 from labelwise.workflow.annotating import ImportReport, StoreBackendState
 from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, open_round
 from labelwise.workflow.context import finished as _finished
-from labelwise.workflow.ingest import AddReport
+from labelwise.workflow.ingest import AddReport, init_state
 from labelwise.workflow.rounds import STEPS, RoundSummary
 from labelwise.workflow.selecting import PERCEPTUAL_HASH
 from labelwise.workflow.status import Status
 
 __all__ = ["STEPS", "PERCEPTUAL_HASH", "AddReport", "ImportReport", "LoopError", "RoundSummary", "Status",
-           "StoreBackendState", "Workspace", "WorkspaceContext", "crash_point"]
+           "StoreBackendState", "Workspace", "WorkspaceContext", "crash_point", "init_state"]
 
 
 class Workspace:

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelwise.config import ConfigError, config_from_dict, read_data_yaml, save_config
+from labelwise.config import (CONFIG_NAME, ConfigError, WorkspaceConfig, config_from_dict, load_config,
+                              read_data_yaml, save_config)
 from labelwise.pool import Rejected, find_files, inspect_image, is_candidate, label_path_for, read_yolo_label
 from labelwise.progress import track
+from labelwise.store import STORE_NAME, Store
 from labelwise.workflow.context import WorkspaceContext, crash_point
 
 
@@ -23,9 +25,15 @@ class AddReport:
 
 def create(root: Path, images: list[Path], classes: list[str] | None = None, data_yaml: Path | None = None,
            labeled: list[Path] | None = None, val: Path | None = None, **settings: Any) -> Path:
-    """Write labelwise.yaml for a new workspace at `root` (the caller opens it). Returns the absolute root."""
+    """Write labelwise.yaml for a new workspace at `root` (the caller opens it, then `ingest_sources` fills it and
+    marks it initialised). Returns the absolute root.
+
+    `labelwise init` is resumable: a workspace whose init stopped half-way (killed while hashing a large pool) is
+    continued when the same init runs again (the images already registered are not read again); run with other
+    settings, it starts over. Only an initialised workspace refuses a second init."""
     root = Path(root).absolute()
-    if (root / "labelwise.yaml").exists():
+    state = init_state(root)
+    if state == "done":
         raise ConfigError(f"{root} is already a labelwise workspace; use `labelwise add` to grow its pool")
     if data_yaml is not None:
         names, _train, data_val = read_data_yaml(data_yaml)
@@ -45,9 +53,56 @@ def create(root: Path, images: list[Path], classes: list[str] | None = None, dat
     }
     data.update(settings)
     config = config_from_dict(data, "labelwise.yaml settings")
+    if state == "started" and not _same_settings(root, config):
+        _start_over(root)
     root.mkdir(parents=True, exist_ok=True)
+    # The store says "init started" before labelwise.yaml exists, and "done" only when ingest_sources has
+    # finished: a folder with labelwise.yaml is either a finished workspace or one a rerun continues.
+    store = Store(root / STORE_NAME)
+    try:
+        if store.kv_get(*_INIT_KEY) is None:
+            store.kv_set(*_INIT_KEY, "started")
+    finally:
+        store.close()
     save_config(root, config)
     return root
+
+
+_INIT_KEY = ("workspace", "init")
+
+
+def init_state(root: Path) -> str | None:
+    """None: no workspace at `root`. "started": `labelwise init` began there and has not finished (a rerun of it
+    continues). "done": a workspace ready to use (also one made before labelwise recorded this)."""
+    root = Path(root).absolute()
+    if not (root / CONFIG_NAME).exists():
+        return None
+    if not (root / STORE_NAME).exists():
+        return "done"  # an older workspace never opened since: Workspace() makes its store
+    store = Store(root / STORE_NAME)
+    try:
+        return "started" if store.kv_get(*_INIT_KEY) == "started" else "done"
+    finally:
+        store.close()
+
+
+def mark_initialised(ctx: WorkspaceContext) -> None:
+    if ctx.store.kv_get(*_INIT_KEY) == "started":
+        ctx.store.kv_set(*_INIT_KEY, "done")
+
+
+def _same_settings(root: Path, config: WorkspaceConfig) -> bool:
+    try:
+        return load_config(root).to_dict() == config.to_dict()
+    except ConfigError:
+        return False
+
+
+def _start_over(root: Path) -> None:
+    """Forget a half-made workspace made with other settings: its store holds only what its init had registered
+    (no round can run before init finishes), all of it read again from the files."""
+    for name in (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", CONFIG_NAME):
+        (root / name).unlink(missing_ok=True)
 
 
 def add(ctx: WorkspaceContext, sources: list[Path], *, labeled: bool = False, split: str = "pool",
@@ -147,4 +202,6 @@ def ingest_sources(ctx: WorkspaceContext, progress: bool = True) -> AddReport:
         total.duplicates += r.duplicates
         total.quarantined += r.quarantined
         total.unlabeled_in_labeled_source += r.unlabeled_in_labeled_source
+    crash_point("init_before_done")
+    mark_initialised(ctx)
     return total
