@@ -78,7 +78,7 @@ def make_batch(root: Path, round_: int = 2) -> Batch:
 def test_datumaro_reads_our_task_archive(tmp_path):
     batch = make_batch(tmp_path / "pool")
     out = export_task_archive(batch, tmp_path / "out" / "round-2.zip")
-    safe_extract(out, tmp_path / "unpacked")
+    safe_extract(out, tmp_path / "unpacked", suffixes=None)  # our own archive: the images too
     assert (tmp_path / "unpacked" / "images.txt").read_text().split() == [f"images/{i.staged_name}" for i in batch.items]
     got = json.loads(datumaro(READ, str(tmp_path / "unpacked"), "cvat"))
     assert got["labels"] == list(CLASSES)
@@ -152,7 +152,11 @@ def test_problems_name_file_and_line(tmp_path):
     path.write_text(xml)
     result = parse_cvat_xml(path, batch)
     assert [(lab.sha256, lab.boxes, lab.status) for lab in result.labels] == [(d.sha256, (), "labeled")]  # original name, unique
-    problems = {p.sha256: p.message for p in result.problems}
+    problems: dict = {}
+    for p in result.problems:  # one Problem per bad shape, each one line
+        problems[p.sha256] = problems.get(p.sha256, "") + str(p) + "\n"
+        assert "\n" not in str(p) and p.task_id == "annotations.xml"
+    assert [p.region for p in result.problems if p.sha256 == b.sha256] == ["line 8", "line 9"]
     assert "line 5: unknown label 'starfish'" in problems[a.sha256] and "xml line 4 " in problems[a.sha256]
     assert "rotated by 15" in problems[b.sha256] and "line 9: a polygon" in problems[b.sha256]
     assert "line 12:" in problems[c.sha256] and "outside" in problems[c.sha256]
@@ -160,6 +164,7 @@ def test_problems_name_file_and_line(tmp_path):
     # a file changed since selection
     d.path.write_bytes(d.path.read_bytes() + b"x")
     changed = {p.sha256: p.message for p in parse_cvat_xml(path, batch).problems}
+    assert parse_cvat_xml(path, batch).held == (a.sha256, b.sha256, c.sha256, d.sha256)
     assert "changed" in changed[d.sha256] and "line 14" in changed[d.sha256]
     # an ambiguous original name (two tank.jpg) is not guessed
     path.write_text(f'<annotations><image id="0" name="tank.jpg" width="640" height="480"/></annotations>')
