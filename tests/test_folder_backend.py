@@ -62,3 +62,18 @@ def test_retire_removes_unlabeled_staged_images(tmp_path):
     prog = be.progress(batch)
     assert (prog.total, prog.accepted, prog.skipped, prog.pending) == (3, 1, 1, 1)
     assert be.push(batch).sent == 0  # staged once: retire is not undone by a push
+
+
+def test_waiting_does_not_count_rejected_images_as_done(tmp_path):
+    from labelwise.annotation.waiting import wait_until_done
+
+    batch = make_batch(tmp_path / "pool", n=2)
+    be = FolderBackend(tmp_path / "annotation")
+    be.push(batch)
+    labels = be.folder(batch) / "labels"
+    a, b = batch.items
+    (labels / f"{Path(a.staged_name).stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (labels / f"{Path(b.staged_name).stem}.txt").write_text("7 0.5 0.5 0.2 0.2\n")  # unknown class: rejected
+    assert not wait_until_done(be, batch, timeout=0.0, show=False)
+    (labels / f"{Path(b.staged_name).stem}.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    assert wait_until_done(be, batch, timeout=0.0, show=False)

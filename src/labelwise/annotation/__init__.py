@@ -5,7 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from labelwise.annotation.base import AnnotationBackend, AnnotationError, BackendState
+from labelwise.annotation.base import (
+    AnnotationBackend,
+    AnnotationError,
+    AnnotationProgress,
+    BackendState,
+    Problem,
+    PullResult,
+    PushReport,
+    RetireReport,
+    TaskOutcome,
+)
+
+__all__ = ["BACKENDS", "AnnotationBackend", "AnnotationError", "AnnotationProgress", "BackendState", "Problem",
+           "PullResult", "PushReport", "RetireReport", "TaskOutcome", "make_backend"]
 
 BACKENDS = ("folder", "label_studio", "cvat")
 

@@ -10,7 +10,8 @@ from labelwise.progress import progress_bar
 
 def wait_until_done(backend: AnnotationBackend, batch: Batch, *, timeout: float = 3600.0, interval: float = 2.0,
                     max_interval: float = 60.0, show: bool = True) -> bool:
-    """Poll `backend.progress` until every image of the batch is done; True if done before `timeout` seconds.
+    """Poll `backend.progress` until every image of the batch is done (accepted or skipped: a rejected annotation
+    keeps the batch open until it is corrected); True if done before `timeout` seconds.
 
     The interval doubles after every poll that shows no new work, up to `max_interval`, and drops back to
     `interval` as soon as something moves, so an active annotator is followed closely and an idle one is not
@@ -22,8 +23,9 @@ def wait_until_done(backend: AnnotationBackend, batch: Batch, *, timeout: float 
         task = bar.add_task(f"Round {batch.round} annotations", total=len(batch.items), rate="")
         while True:
             progress = backend.progress(batch)
-            bar.update(task, completed=progress.done, rate=f"{progress.skipped} skipped")
-            if progress.done >= progress.total:
+            bar.update(task, total=progress.total, completed=progress.done,
+                       rate=f"{progress.rejected} rejected, {progress.skipped} skipped")
+            if progress.complete:
                 return True
             if time.monotonic() >= deadline:
                 return False
