@@ -98,3 +98,13 @@ def test_retry_after_http_date():
     assert retry_after_s(httpx.Response(503, headers={"Retry-After": later}), now=now) == pytest.approx(7.0)
     assert retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
     assert retry_after_s(httpx.Response(503)) is None
+
+
+def test_without_a_transport_every_route_retries_and_env_proxies_still_apply(monkeypatch):
+    from labelwise.annotation.http import retrying_client
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    http = retrying_client(base_url="https://ls.example")
+    assert isinstance(http._transport, RetryTransport)
+    assert http._mounts and all(isinstance(t, RetryTransport) for t in http._mounts.values() if t is not None)
+    http.close()

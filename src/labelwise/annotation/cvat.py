@@ -59,7 +59,7 @@ from labelwise.annotation.base import (
     TaskOutcome,
     YoloBox,
 )
-from labelwise.annotation.http import RetryPolicy, RetryTransport, attempts_note
+from labelwise.annotation.http import RetryPolicy, attempts_note, retrying_client
 from labelwise.archive import ArchiveError, extracted
 from labelwise.boxes import EDGE_TOLERANCE
 from labelwise.pool import parse_yolo_label
@@ -487,8 +487,8 @@ class CvatClient:
                                   f"CVAT) or {ENV_USER} and {ENV_PASSWORD} in the environment; never in labelwise.yaml.")
         if organization:
             headers["X-Organization"] = organization
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, auth=auth,
-                                  follow_redirects=False, transport=RetryTransport(transport, retry))
+        self._http = retrying_client(base_url=self.url, timeout=timeout, headers=headers, auth=auth,
+                                     follow_redirects=False, transport=transport, retry=retry)
 
     def __repr__(self) -> str:
         return f"CvatClient({self.url!r})"

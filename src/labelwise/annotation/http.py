@@ -109,3 +109,18 @@ def attempts_note(response: httpx.Response) -> str:
     if n <= 1:
         return ""
     return f" (after {n} attempts over {response.extensions.get('labelwise_elapsed_s', 0.0):.0f} s)"
+
+
+def retrying_client(*, transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
+                    **kwargs: object) -> httpx.Client:
+    """An httpx.Client whose every request goes through `RetryTransport`.
+
+    Without a `transport` the client is built as httpx builds it (proxies from HTTP(S)_PROXY / NO_PROXY included) and
+    each of its transports is wrapped; with one (a MockTransport in tests) that one is wrapped."""
+    if transport is not None:
+        return httpx.Client(transport=RetryTransport(transport, retry), **kwargs)  # type: ignore[arg-type]
+    client = httpx.Client(**kwargs)  # type: ignore[arg-type]
+    client._transport = RetryTransport(client._transport, retry)
+    client._mounts = {pattern: (None if inner is None else RetryTransport(inner, retry))
+                      for pattern, inner in client._mounts.items()}
+    return client

@@ -62,7 +62,7 @@ from labelwise.annotation.base import (
     TaskOutcome,
     YoloBox,
 )
-from labelwise.annotation.http import RetryPolicy, RetryTransport, attempts_note
+from labelwise.annotation.http import RetryPolicy, attempts_note, retrying_client
 from labelwise.boxes import EDGE_TOLERANCE
 from labelwise.fileio import sha256_file
 
@@ -122,8 +122,8 @@ class LabelStudioClient:
         self._token = token
         self._jwt = token.count(".") == 2  # a personal access token (JWT refresh token)
         self._access: str | None = None
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, follow_redirects=False,
-                                  transport=RetryTransport(transport, retry))
+        self._http = retrying_client(base_url=self.url, timeout=timeout, follow_redirects=False,
+                                     transport=transport, retry=retry)
 
     def __repr__(self) -> str:  # never show the token
         return f"LabelStudioClient({self.url!r})"
