@@ -153,3 +153,96 @@ def test_init_killed_half_way_then_run_with_other_settings_starts_over(tmp_path)
     ws = Workspace(tmp_path / "ws")
     assert {i.path.parent for i in ws.store.images()} == {second}  # nothing left from the first attempt
     assert ws.config.images == [str(second)]
+
+
+# -- 4. without --val, init reserves a random validation sample -------------------------------------------------------
+
+
+class _FakeDetector:
+    """Trains in no time (a weights file, a fixed mAP50) and scores with boxes and embeddings drawn from the hash;
+    keeps every TrainRequest."""
+
+    def __init__(self):
+        self.trained = []
+
+    def train(self, request):
+        from labelwise.detectors.base import TrainResult
+
+        self.trained.append(request)
+        request.out_dir.mkdir(parents=True, exist_ok=True)
+        (request.out_dir / "best.pt").write_text(f"{request.out_dir}")
+        return TrainResult(request.out_dir / "best.pt", 0.5, 0.3, {"a": 0.5}, 0.01)
+
+    def score(self, weights, images, *, imgsz, conf, iou, batch, device, flip=False, max_det=100, **kwargs):
+        from labelwise.detections import ImageDetections
+
+        for sha, _path in images:
+            rng = np.random.default_rng(int(sha[:8], 16))
+            xy = rng.uniform(0, 16, (1, 2))
+            boxes = np.concatenate([xy, xy + 8], axis=1).astype(np.float32)
+            yield sha, ImageDetections(boxes, rng.uniform(0.3, 0.9, (1, 1)).astype(np.float32),
+                                       rng.normal(size=(1, 8)).astype(np.float16),
+                                       rng.normal(size=16).astype(np.float32), 0.9, 32, 32)
+
+
+def _reserve_workspace(root: Path, images: Path, **settings) -> Workspace:
+    base = dict(classes=["a"], model="yolo11n.yaml", budget={"per_round": 5, "initial": 5},
+                stopping={"rule": "none"}, strategy={"name": "random"})
+    Workspace.create(root, images=[images], **{**base, **settings}).ingest_sources(progress=False)
+    return Workspace(root, detector=_FakeDetector())
+
+
+def test_init_without_val_reserves_a_random_validation_sample_sent_with_the_first_batch(tmp_path):
+    images = _images(tmp_path / "d", 80)
+    ws = _reserve_workspace(tmp_path / "ws", images)
+    val = {i.id for i in ws.store.images(split="val")}
+    assert len(val) == 30 and ws.store.counts()["val_unlabeled"] == 30  # at least 30; a pool of 80 keeps 50
+    record = ws.store.kv_get("validation", "reserve")
+    assert record["seed"] == 0 and record["reserved"] == 30 and sorted(record["image_ids"]) == sorted(val)
+    # seeded, and by content: another workspace over the same pool reserves the same images
+    other = _reserve_workspace(tmp_path / "ws2", images)
+    assert {i.sha256 for i in other.store.images(split="val")} == {i.sha256 for i in ws.store.images(split="val")}
+
+    oracle = images.parent / "labels"
+    assert ws.run(oracle=oracle, rounds=1) == "1 round(s) done"
+    first = ws.store.selection(1)
+    picked = [r for r in first if r["image_id"] not in val]
+    assert len(picked) == 5 and {r["image_id"] for r in first} - {r["image_id"] for r in picked} == val
+    assert all("validation" in r["reason"] for r in first if r["image_id"] in val)
+    exported = ws.root / "annotation" / "round-001" / "images"
+    assert len(list(exported.iterdir())) == 35  # the annotators got the reserve with the first batch
+    assert ws.store.counts()["val_labeled"] == 30 and ws.store.counts()["pool_labeled"] == 5
+
+    # round 2 trains (no dead end), validates on the reserve, never trains on it; later batches never hold it
+    assert ws.run(oracle=oracle, rounds=2) == "2 round(s) done"
+    request = ws.detector.trained[0]
+    data = request.data_yaml.parent
+    shas = {i.id: i.sha256[:16] for i in ws.store.images()}
+    train_names = {p.stem for p in (data / "images" / "train").iterdir()}
+    val_names = {p.stem for p in (data / "images" / "val").iterdir()}
+    assert val_names == {shas[i] for i in val} and not train_names & val_names and len(train_names) == 5
+    for r in (2, 3):
+        assert not {row["image_id"] for row in ws.store.selection(r)} & val
+        assert len(ws.store.selection(r)) == 5
+    assert {i.id for i in ws.store.images(split="val")} == val  # nothing moved between rounds
+    assert all(len({p.stem for p in (req.data_yaml.parent / "images" / "val").iterdir()}) == 30
+               for req in ws.detector.trained)
+
+
+def test_the_reserve_leaves_a_pool_and_tops_up_what_labeled_sources_hold_out(tmp_path):
+    tiny = _reserve_workspace(tmp_path / "tiny", _images(tmp_path / "t", 10))
+    assert tiny.store.counts()["val_unlabeled"] == 0  # the first batch (5) and one round (5) need all 10
+    small = _reserve_workspace(tmp_path / "small", _images(tmp_path / "s", 13))
+    assert small.store.counts()["val_unlabeled"] == 3
+    mid = _reserve_workspace(tmp_path / "mid", _images(tmp_path / "m", 40))
+    assert mid.store.counts()["val_unlabeled"] == 20  # at most half the pool
+    # labeled seeds held out by hash count towards the 30
+    seeds = _images(tmp_path / "seeds", 20, seed=7)
+    seeded = _reserve_workspace(tmp_path / "seeded", _images(tmp_path / "p", 80, seed=8), labeled=[seeds],
+                                val_fraction=0.25)
+    held_out = seeded.store.counts()["val_labeled"]
+    assert 0 < held_out < 20 and seeded.store.counts()["val_unlabeled"] == 30 - held_out
+    # a user-given val split: nothing reserved
+    val_dir = _images(tmp_path / "v", 4, seed=9)
+    given = _reserve_workspace(tmp_path / "given", _images(tmp_path / "g", 80, seed=3), val=val_dir)
+    assert given.store.counts()["val_unlabeled"] == 0 and given.store.counts()["val_labeled"] == 4

@@ -58,6 +58,9 @@ def _print_add(report: AddReport) -> None:
         out.print(f"[yellow]{len(report.quarantined)} file(s) quarantined[/yellow] (see `labelwise status`):")
         for _path, reason in report.quarantined[:10]:
             out.print(f"  {reason}", highlight=False)
+    if report.reserved_for_val:
+        out.print(f"reserved {report.reserved_for_val} pool images at random as the validation set: they go to the "
+                  "annotators with the first batch and are never trained on (give --val to use your own)")
     if report.unlabeled_in_labeled_source:
         out.print(f"{report.unlabeled_in_labeled_source} image(s) in a labeled source had no label file; they joined "
                   "the unlabeled pool")

@@ -21,6 +21,7 @@ class AddReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path of the same bytes already known)
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     unlabeled_in_labeled_source: int = 0
+    reserved_for_val: int = 0  # pool images reserved at init as the validation set (see reserve_validation)
 
 
 def create(root: Path, images: list[Path], classes: list[str] | None = None, data_yaml: Path | None = None,
@@ -203,5 +204,69 @@ def ingest_sources(ctx: WorkspaceContext, progress: bool = True) -> AddReport:
         total.quarantined += r.quarantined
         total.unlabeled_in_labeled_source += r.unlabeled_in_labeled_source
     crash_point("init_before_done")
-    mark_initialised(ctx)
+    with ctx.store.transaction():  # the reserve and "initialised": both or neither
+        if ctx.store.kv_get(*_INIT_KEY) == "started":
+            total.reserved_for_val = reserve_validation(ctx)
+        mark_initialised(ctx)
     return total
+
+
+# -- the validation reserve ------------------------------------------------------------------------------------------
+#
+# Without a user-given val split, a workspace whose pool starts unlabeled has nothing to validate on: every image
+# it labels is picked by a strategy and trained on. So `init` reserves a random sample of the pool as the val split
+# (unlabeled, split 'val'), which goes to the annotators with the first batch and is the validation set of every
+# round from then on. A validation set drawn from the actively selected images would be biased: the strategy picks
+# what the model finds hard (or diverse, or rare), so its mAP would not estimate the mAP on the data the model
+# meets, and it would shift from round to round. A random sample, fixed at init, never selected by a strategy and
+# never moved between splits, does not.
+
+VAL_RESERVE_KEY = ("validation", "reserve")
+
+
+def val_size(config: WorkspaceConfig) -> int:
+    """How many validation images to hold out: 10% of the first batch (`budget.initial`, or `per_round` when that
+    is 0), rounded up, and at least 30."""
+    budget = config.budget
+    return max(30, -(-(budget.initial or budget.per_round) // 10))
+
+
+def reserve_validation(ctx: WorkspaceContext) -> int:
+    """Reserve a seeded random sample of the unlabeled pool as the val split, once (the choice, its seed and its
+    size are recorded in the store). Returns how many images were reserved.
+
+    The sample tops up what the labeled sources already hold out (val_fraction) to `val_size`. It never takes more
+    than half of the unlabeled pool, nor so much that the first batch and one more round could not be selected: a
+    pool that small gets none (give `--val`)."""
+    import numpy as np
+
+    if ctx.config.val or ctx.store.kv_get(*VAL_RESERVE_KEY) is not None:
+        return 0
+    budget = ctx.config.budget
+    wanted = val_size(ctx.config)
+    have = ctx.store.counts()["val_labeled"]
+    pool = sorted(ctx.store.images(split="pool", state="unlabeled"), key=lambda image: image.sha256)
+    first_rounds = (budget.initial or budget.per_round) + budget.per_round
+    n = max(0, min(wanted - have, len(pool) // 2, len(pool) - first_rounds))
+    # by content, not by the order files were found: the same pool and seed reserve the same images
+    rng = np.random.default_rng(ctx.config.seed)
+    chosen = sorted(int(pool[i].id) for i in rng.choice(len(pool), size=n, replace=False)) if n else []
+    with ctx.store.transaction() as c:
+        c.executemany("UPDATE images SET split='val' WHERE id=? AND split='pool' AND state='unlabeled'",
+                      [(i,) for i in chosen])
+        ctx.store.kv_set(*VAL_RESERVE_KEY, {"seed": ctx.config.seed, "wanted": wanted, "held_out_labeled": have,
+                                            "reserved": n, "pool": len(pool), "image_ids": chosen})
+    return n
+
+
+def reserved_for_batch(ctx: WorkspaceContext, round_no: int) -> list[int]:
+    """The reserved validation images that go to the annotators with round `round_no`'s batch: those not labeled
+    and not sent with another round's batch (so all of them with the first batch, and none again)."""
+    reserve = ctx.store.kv_get(*VAL_RESERVE_KEY)
+    if not reserve or not reserve["image_ids"]:
+        return []
+    rows = ctx.store.conn.execute(
+        "SELECT id FROM images WHERE split='val' AND state!='labeled'"
+        " AND id NOT IN (SELECT image_id FROM selections WHERE round!=?) ORDER BY id", (round_no,))
+    reserved = set(reserve["image_ids"])
+    return [int(r[0]) for r in rows if int(r[0]) in reserved]

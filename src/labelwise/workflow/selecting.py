@@ -14,7 +14,11 @@ from labelwise.config import ConfigError
 from labelwise.detections import ScoredPool
 from labelwise.fileio import sha256_file
 from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, open_round
+from labelwise.workflow.ingest import reserved_for_batch
 from labelwise.workflow.scoring import extra_passes, score_images
+
+VALIDATION_REASON = ("validation: part of the random sample held out at init to measure every round's model; "
+                     "label it like the others (it is never trained on)")
 
 
 def select(ctx: WorkspaceContext, k: int | None = None,
@@ -131,6 +135,10 @@ def select(ctx: WorkspaceContext, k: int | None = None,
         raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
                         f"({len(skipped)} skipped as near-duplicates); lower or switch off "
                         "strategy.dedup_threshold in labelwise.yaml")
+    # The validation reserve (ingest.reserve_validation) rides along with the first batch, ranked after the
+    # strategy's picks; no strategy ever sees it (it is split 'val', and candidates are split 'pool').
+    picks += [(image_id, rank, 0.0, {"validation": 1.0}, VALIDATION_REASON)
+              for rank, image_id in enumerate(reserved_for_batch(ctx, round_no), start=len(picks) + 1)]
     crash_point("before_save_selection")
     with ctx.store.transaction() as c:  # the old batch back to the pool, the new one in, the record: atomic
         if step == "annotate":
