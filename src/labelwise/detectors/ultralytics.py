@@ -68,7 +68,8 @@ class UltralyticsDetector:
 
     def __init__(self, config_dir: Path):
         self.config_dir = Path(config_dir)
-        self._scoring_nets: dict[tuple[str, float, str], Any] = {}  # fused eval copies, reused across passes of a round
+        # fused eval copies, reused across passes of a round
+        self._scoring_nets: dict[tuple[str, float, str, bool], Any] = {}
 
     def load(self, model: str):
         """A YOLO model from a local checkpoint, a model YAML, or a name Ultralytics can download when online."""
@@ -124,24 +125,29 @@ class UltralyticsDetector:
     # -- scoring -------------------------------------------------------------------------------------------------
 
     def score(self, weights: Path, images: Iterable[tuple[str, Path]], *, imgsz: int, conf: float, iou: float,
-              batch: int, device: str, flip: bool = False,
-              max_det: int = 100) -> Iterator[tuple[str, ImageDetections | ScoreFailure]]:
+              batch: int, device: str, flip: bool = False, max_det: int = 100,
+              end2end: bool = False) -> Iterator[tuple[str, ImageDetections | ScoreFailure]]:
+        """See `Detector.score`. `end2end` picks the head of a model that has two (YOLO26, YOLOv10), as Ultralytics'
+        predictor does (8.4.190: `AutoBackend(end2end=args.nms is False)`, whatever mode the checkpoint was saved
+        in): False, the one-to-many head with NMS, as `predict()`; True, the NMS-free one-to-one head, as
+        `predict(nms=False)`. Models with one head ignore it; a checkpoint fused down to its one-to-one head uses it
+        whatever is asked, as predict does."""
         import cv2
         import torch
         from torchvision.ops import roi_align
         from ultralytics.data.augment import LetterBox
-        from ultralytics.utils.nms import non_max_suppression
         from ultralytics.utils.ops import scale_boxes
 
-        key = (str(Path(weights).absolute()), os.path.getmtime(weights), device)
+        key = (str(Path(weights).absolute()), os.path.getmtime(weights), device, bool(end2end))
         if key not in self._scoring_nets:
             yolo = self.load(str(weights))
-            net = yolo.model.fuse() if hasattr(yolo.model, "fuse") else yolo.model
-            net = net.to(_torch_device(device)).eval()
-            self._scoring_nets = {key: net.to(memory_format=torch.channels_last)}  # keep one: weights are large
+            self._scoring_nets = {key: _scoring_net(yolo.model, device, end2end)}  # keep one: weights are large
         net = self._scoring_nets[key]
         head = net.model[-1]
         nc = int(head.nc)
+        e2e = bool(getattr(head, "end2end", False))
+        if e2e:  # as Ultralytics' predictor: top-k over at least 300 candidates, then the conf filter and max_det
+            head.max_det, head.agnostic_nms = max(int(max_det), 300), False
         stride = int(max(net.stride))
         square = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=stride)
         # Images of one size (most datasets) share a rectangular letterbox padded only to the stride, as
@@ -159,19 +165,14 @@ class UltralyticsDetector:
             x = torch.from_numpy(np.stack(tensors)).to(dev).float().div_(255.0)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                y, extra = net(x)
-                if isinstance(extra, dict) and "one2many" in extra:  # end-to-end heads: use the NMS branch
-                    extra = extra["one2many"]
-                    y = head._inference(extra)
-                feats = extra["feats"]
-                out, keep = non_max_suppression(y, conf, iou, nc=nc, max_det=max_det, return_idxs=True)
+                y, preds = net(x)
+                decoded, feats, kept = _kept_boxes(head, y, preds, e2e, conf=conf, iou=iou, max_det=max_det)
                 pooled = torch.cat([f.float().mean(dim=(2, 3)) for f in feats], dim=1)
-                best_any = y[:, 4:4 + nc, :].amax(dim=(1, 2))
+                best_any = decoded[:, 4:4 + nc, :].amax(dim=(1, 2))
                 results = []
                 for b, (key, img) in enumerate(zip(keys, originals)):
-                    det, idx = out[b], keep[b].long().view(-1)
-                    scores = y[b, 4:4 + nc, :][:, idx].T.contiguous()
-                    boxes_in = det[:, :4]
+                    boxes_in, idx = kept[b]
+                    scores = decoded[b, 4:4 + nc, :][:, idx].T.contiguous()
                     box_feats = _roi_features(roi_align, feats, b, boxes_in, strides)
                     boxes = scale_boxes(x.shape[2:], boxes_in.clone(), img.shape[:2]).cpu().numpy()
                     h, w = img.shape[:2]
@@ -204,6 +205,90 @@ class UltralyticsDetector:
                 keys, originals = [], []
         if keys:
             yield from flush(keys, originals)
+
+
+def _scoring_net(model, device: str, end2end: bool):
+    """A fused eval copy of `model` in channels_last on `device`, its head in the mode `end2end` asks for.
+
+    The mode is chosen BEFORE fusing, as Ultralytics' AutoBackend does: `fuse()` keeps only the branch in use (an
+    end-to-end head loses its one-to-many branch, any other loses its one-to-one branch).
+    """
+    import torch
+
+    head = model.model[-1]
+    if getattr(head, "one2one_cv2", None) is not None and getattr(head, "cv2", None) is not None:
+        model.end2end = bool(end2end)
+    net = model.fuse() if hasattr(model, "fuse") else model
+    net = net.to(_torch_device(device)).eval()
+    return net.to(memory_format=torch.channels_last)
+
+
+def _kept_boxes(head, y, preds, e2e: bool, *, conf: float, iou: float, max_det: int):
+    """What Ultralytics' predict keeps, with the anchor of every kept box.
+
+    Returns (decoded, feats, kept): `decoded` (B, 4 + nc, anchors) holds the boxes and the per-class sigmoid scores
+    of every anchor of the head in use; `feats` the maps that fed the head; `kept[b]` = (boxes (n, 4) xyxy in input
+    pixels, anchor index (n,)) of image b.
+
+    One-to-many head: `y` is `decoded` with xywh boxes; NMS keeps the boxes (it takes xywh and returns xyxy).
+    End-to-end head: `y` is already the top-k (B, k, 6) xyxy output that predict filters by conf alone; `decoded`
+    (xyxy, as an end-to-end head decodes) comes from the head's one-to-one branch, and the same top-k selection
+    gives each row's anchor. The top-k ranks (anchor, class) pairs, so an anchor can come twice, once per class: it
+    is kept once, at its first (best) pair, whose class is the argmax of its score vector; the other pairs' scores
+    are in that vector.
+    """
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    if isinstance(preds, dict) and ("one2one" in preds or "one2many" in preds):
+        branch = preds["one2one" if e2e else "one2many"]
+    else:
+        branch = preds
+    if not isinstance(branch, dict) or "feats" not in branch:
+        raise DetectorError("this Ultralytics version's detection head returned no feature maps; the scorer needs "
+                            "Ultralytics 8.4 or later (pip install -U ultralytics)")
+    feats = branch["feats"]
+    nc = int(head.nc)
+    if not e2e:
+        out, keep = non_max_suppression(y, conf, iou, nc=nc, max_det=max_det, return_idxs=True)
+        return y, feats, [(det[:, :4], idx.long().view(-1)) for det, idx in zip(out, keep)]
+    decoded = head._inference(branch)  # (B, 4 + nc, anchors), boxes xyxy because the head is end-to-end
+    top, labels, anchors = _topk(head, decoded[:, 4:4 + nc, :].permute(0, 2, 1))
+    kept = []
+    for b in range(decoded.shape[0]):
+        rows = torch.nonzero(top[b, :, 0] > conf).view(-1)[:max_det]  # nms.non_max_suppression, end2end branch
+        idx = anchors[b, rows].long()
+        first = _first_occurrences(idx)
+        idx = idx[first]
+        kept.append((decoded[b, :4, idx].T, idx))
+    return decoded, feats, kept
+
+
+def _topk(head, scores):
+    """(scores, labels, anchors) of the head's top-k (anchor, class) pairs, as its `postprocess` selects them."""
+    if hasattr(head, "get_topk_index"):
+        return head.get_topk_index(scores, int(head.max_det))
+    import torch  # the same selection for heads without the method
+
+    k = min(int(head.max_det), scores.shape[1])
+    ori = scores.amax(dim=-1).topk(k, dim=1)[1]
+    gathered = scores.gather(1, ori[..., None].expand(-1, -1, scores.shape[-1]))
+    top, index = gathered.flatten(1).topk(k, dim=1)
+    nc = scores.shape[-1]
+    return top[..., None], (index % nc)[..., None].float(), ori.gather(1, torch.div(index, nc, rounding_mode="floor"))
+
+
+def _first_occurrences(idx):
+    """Positions of the first occurrence of each value in the 1-D tensor `idx`, in order."""
+    import torch
+
+    if idx.numel() < 2:
+        return torch.arange(idx.numel(), device=idx.device)
+    values, inverse = torch.unique(idx, return_inverse=True)
+    positions = torch.arange(idx.numel(), device=idx.device)
+    first = torch.full((values.numel(),), idx.numel(), dtype=torch.long, device=idx.device)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return first.sort().values
 
 
 def _roi_features(roi_align, feats, b: int, boxes_in, strides: list[float]):

@@ -1,0 +1,128 @@
+"""UltralyticsDetector against Ultralytics itself.
+
+The one-pass scorer must keep every box that Ultralytics' own `predict` keeps (same conf, iou, imgsz and max_det):
+within 1 pixel, with the same class, and that class's score to 1e-4 in the box's full class-score vector. That holds
+for plain heads (YOLOv8, YOLO11) and for the two heads of end-to-end models (YOLO26, YOLOv10) in both of their states:
+the one-to-many head with NMS (`predict()`) and the NMS-free one-to-one head (`predict(nms=False)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IOU = 0.7
+IMGSZ = 64
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ultralytics-config")
+
+
+@pytest.fixture(scope="module")
+def ul(config_dir):
+    from labelwise.detectors.ultralytics import _ultralytics
+
+    return _ultralytics(config_dir)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from labelwise.synthetic import ScenarioSpec, generate
+
+    return generate(tmp_path_factory.mktemp("scenes") / "data", ScenarioSpec(n_train=32, n_val=4, image_size=IMGSZ,
+                                                                             seed=2))
+
+
+@pytest.fixture(scope="module")
+def images(scenes) -> list[Path]:
+    return sorted((scenes.parent / "train" / "images").glob("*.png"))[:6]
+
+
+def _raise_class_scores(model, shift: float) -> None:
+    """Add `shift` to the class logits of every head branch: an untrained or barely trained model's scores, all near
+    0.002, move to where sigmoid scores differ (and conf 0.1 keeps boxes)."""
+    import torch
+
+    head = model.model.model[-1]
+    branches = [head.cv3] + ([head.one2one_cv3] if getattr(head, "one2one_cv3", None) is not None else [])
+    with torch.no_grad():
+        for branch in branches:
+            for seq in branch:
+                seq[-1].bias += shift
+
+
+def assert_scorer_keeps_what_predict_keeps(ul, config_dir: Path, weights: Path, images: list[Path], *, conf: float,
+                                           end2end: bool, one_to_one: bool | None = None) -> int:
+    """Score `images` with the scorer (`end2end`) and with `predict` (`nms=False` for end2end): every box predict keeps
+    must be among the scorer's and the other way round. `one_to_one`: whether the one-to-one head ends up in use
+    (default: `end2end`). Returns how many boxes were compared (the caller asserts there were some)."""
+    from labelwise.detectors.ultralytics import UltralyticsDetector
+
+    detector = UltralyticsDetector(config_dir)
+    scored = dict(detector.score(weights, [(str(p), p) for p in images], imgsz=IMGSZ, conf=conf, iou=IOU, batch=4,
+                                 device="cpu", max_det=300, **({"end2end": True} if end2end else {})))
+    results = ul.YOLO(str(weights)).predict([str(p) for p in images], imgsz=IMGSZ, conf=conf, iou=IOU, max_det=300,
+                                            device="cpu", verbose=False, nms=False if end2end else None)
+    compared = 0
+    for path, result in zip(images, results):
+        ours = scored[str(path)]
+        boxes = result.boxes.xyxy.cpu().numpy()
+        classes = result.boxes.cls.cpu().numpy().astype(int)
+        confs = result.boxes.conf.cpu().numpy()
+        for box, cls, score in zip(boxes, classes, confs):
+            assert ours.n_boxes, f"{path.name}: predict kept {len(boxes)} boxes, the scorer none"
+            near = np.abs(ours.boxes - box).max(axis=1) <= 1.0
+            same = near & (np.abs(ours.class_scores[:, cls] - score) <= 1e-4)
+            assert same.any(), (f"{path.name}: predict's box {box.round(1)} class {cls} score {score:.5f} is not "
+                                f"among the scorer's (nearest {ours.boxes[np.abs(ours.boxes - box).max(1).argmin()]})")
+            compared += 1
+        # ...and the class of every scorer box (its top score) is a box that predict keeps with that class and score.
+        for box, row in zip(ours.boxes, ours.class_scores):
+            cls = int(row.argmax())
+            match = ((np.abs(boxes - box).max(axis=1) <= 1.0) & (classes == cls)
+                     & (np.abs(confs - row[cls]) <= 1e-4))
+            assert match.any(), f"{path.name}: the scorer's box {box.round(1)} class {cls} is not one predict keeps"
+        if end2end if one_to_one is None else one_to_one:
+            # The one-to-one head ranks (box, class) pairs, so predict may list one box again for a lower class; the
+            # scorer keeps the box once, its other classes' scores in its vector.
+            assert ours.n_boxes <= len(boxes)
+        else:
+            assert ours.n_boxes == len(boxes), f"{path.name}: the scorer kept {ours.n_boxes}, predict {len(boxes)}"
+    return compared
+
+
+# -- end-to-end heads (fast: untrained models, class scores raised) -------------------------------------------------
+
+@pytest.mark.parametrize("model", ["yolo26n.yaml", "yolov10n.yaml"])
+@pytest.mark.parametrize(("saved_end2end", "asked_end2end"), [(False, False), (False, True), (True, False),
+                                                              (True, True)])
+def test_end_to_end_heads_score_the_boxes_predict_keeps(ul, config_dir, images, tmp_path, model, saved_end2end,
+                                                        asked_end2end):
+    # The checkpoint's head is saved in either state; Ultralytics' predictor picks the head from `nms` alone
+    # (nms=False: one-to-one), and so does the scorer from `end2end`.
+    yolo = ul.YOLO(model)
+    _raise_class_scores(yolo, 9.0)
+    yolo.model.end2end = saved_end2end
+    weights = tmp_path / "model.pt"
+    yolo.save(str(weights))
+    assert ul.YOLO(str(weights)).model.end2end is saved_end2end
+    n = assert_scorer_keeps_what_predict_keeps(ul, config_dir, weights, images[:3], conf=0.25, end2end=asked_end2end)
+    assert n > 0
+
+
+def test_a_checkpoint_fused_to_its_one_to_one_head_scores_as_predict(ul, config_dir, images, tmp_path):
+    # fuse() in end-to-end mode drops the one-to-many branch: predict() then warns and uses the one-to-one head.
+    yolo = ul.YOLO("yolo26n.yaml")
+    _raise_class_scores(yolo, 9.0)
+    yolo.model.end2end = True
+    yolo.model.fuse(verbose=False)
+    assert yolo.model.model[-1].cv2 is None
+    weights = tmp_path / "fused.pt"
+    yolo.save(str(weights))
+    for asked in (False, True):
+        assert assert_scorer_keeps_what_predict_keeps(ul, config_dir, weights, images[:3], conf=0.25,
+                                                      end2end=asked, one_to_one=True) > 0
