@@ -83,6 +83,13 @@ def _workspace(tmp_path: Path, scenes, detector=None, **settings) -> Workspace:
     return Workspace(tmp_path / "ws", detector=detector or FakeDetector())
 
 
+def _force(section, **values) -> None:
+    """Set settings without validation: config.py refuses a budget.total below 1 at load, but the loop must be safe
+    on its own (an older labelwise.yaml, a caller setting the config in Python)."""
+    for key, value in values.items():
+        object.__setattr__(section, key, value)
+
+
 def _rounds_counter():
     done: list[int] = []
 
@@ -98,7 +105,8 @@ def _rounds_counter():
 
 @pytest.mark.parametrize("total", [0, -5])
 def test_run_with_no_label_budget_stops_at_once_and_says_which_setting(tmp_path, scenes, total):
-    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "total": total})
+    ws = _workspace(tmp_path, scenes, budget={"per_round": 3})
+    _force(ws.config.budget, total=total)
     done, on_round = _rounds_counter()
     reason = ws.run(oracle=scenes[0] / "labels", on_round=on_round)
     assert done == []
@@ -128,7 +136,8 @@ def test_select_refuses_an_empty_batch(tmp_path, scenes):
 
 
 def test_select_with_the_budget_spent_names_budget_total(tmp_path, scenes):
-    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "total": 0})
+    ws = _workspace(tmp_path, scenes, budget={"per_round": 3})
+    _force(ws.config.budget, total=0)
     with pytest.raises(LoopError, match=r"budget is spent \(0 labeled, budget.total 0"):
         ws.select()
 
@@ -227,11 +236,11 @@ def test_cli_resume(tmp_path, scenes):
 
     from labelwise.cli import app
 
-    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "total": 0})
+    ws = _workspace(tmp_path, scenes, budget={"per_round": 3, "initial": 3, "total": 3}, stopping={"rule": "none"})
     ws.run(oracle=scenes[0] / "labels")
     result = CliRunner().invoke(app, ["resume", "-w", str(ws.root)])
     assert result.exit_code == 0, result.output
-    assert "resumed" in result.output and "budget.total is 0" in result.output
+    assert "resumed" in result.output and "label budget reached (3 of 3 labeled)" in result.output
     assert Workspace(ws.root).store.kv_get("loop", "finished") is None
 
 
