@@ -126,3 +126,42 @@ def test_a_checkpoint_fused_to_its_one_to_one_head_scores_as_predict(ul, config_
     for asked in (False, True):
         assert assert_scorer_keeps_what_predict_keeps(ul, config_dir, weights, images[:3], conf=0.25,
                                                       end2end=asked, one_to_one=True) > 0
+
+
+# -- trained models (slow: one epoch each) --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(config_dir, scenes, tmp_path_factory):
+    """model YAML -> best.pt after one epoch at imgsz 64 on 32 synthetic images (trained once per module)."""
+    from labelwise.detectors.base import TrainRequest
+    from labelwise.detectors.ultralytics import UltralyticsDetector
+
+    detector = UltralyticsDetector(config_dir)
+    runs = tmp_path_factory.mktemp("runs")
+    cache: dict[str, Path] = {}
+
+    def get(model: str) -> Path:
+        if model not in cache:
+            request = TrainRequest(data_yaml=scenes, start=model, out_dir=runs / Path(model).stem, epochs=1,
+                                   imgsz=IMGSZ, batch=8, device="cpu", seed=0,
+                                   options={"nbs": 8, "warmup_epochs": 0})
+            cache[model] = detector.train(request).weights
+        return cache[model]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "end2end"), [("yolov8n.yaml", False), ("yolo11n.yaml", False),
+                                                ("yolo26n.yaml", False), ("yolo26n.yaml", True)])
+def test_after_training_the_scorer_keeps_every_box_predict_keeps(ul, config_dir, images, trained, tmp_path, model,
+                                                                 end2end):
+    weights = trained(model)
+    # As trained: after one epoch every score is near 0.002, so conf 0.001 keeps a few boxes.
+    assert assert_scorer_keeps_what_predict_keeps(ul, config_dir, weights, images, conf=0.001, end2end=end2end) > 0
+    # The same boxes with class logits raised by 6: scores then spread over 0.17-0.46, where a wrong row shows.
+    yolo = ul.YOLO(str(weights))
+    _raise_class_scores(yolo, 6.0)
+    raised = tmp_path / "raised.pt"
+    yolo.save(str(raised))
+    assert assert_scorer_keeps_what_predict_keeps(ul, config_dir, raised, images, conf=0.1, end2end=end2end) > 0
