@@ -165,3 +165,46 @@ def test_after_training_the_scorer_keeps_every_box_predict_keeps(ul, config_dir,
     raised = tmp_path / "raised.pt"
     yolo.save(str(raised))
     assert assert_scorer_keeps_what_predict_keeps(ul, config_dir, raised, images, conf=0.1, end2end=end2end) > 0
+
+
+# -- training arguments per device -----------------------------------------------------------------------------------
+
+def _request(tmp_path: Path, device: str, **options):
+    from labelwise.detectors.base import TrainRequest
+
+    return TrainRequest(data_yaml=tmp_path / "data.yaml", start="yolo11n.yaml", out_dir=tmp_path / "run", epochs=3,
+                        imgsz=64, batch=8, device=device, options=options)
+
+
+@pytest.mark.parametrize("device", ["cpu", "CPU", " cpu "])
+def test_cpu_training_runs_without_amp_and_data_loader_processes(tmp_path, device):
+    from labelwise.detectors.ultralytics import train_arguments
+
+    args = train_arguments(_request(tmp_path, device))
+    assert args["amp"] is False and args["workers"] == 0
+    assert args["device"] == device and args["epochs"] == 3 and args["name"] == "run"
+
+
+@pytest.mark.parametrize("device", ["0", "cuda:0", "0,1", "mps"])
+def test_gpu_training_keeps_ultralytics_defaults_for_amp_and_workers(ul, tmp_path, device):
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from labelwise.detectors.ultralytics import train_arguments
+
+    args = train_arguments(_request(tmp_path, device))
+    assert "amp" not in args and "workers" not in args
+    assert DEFAULT_CFG_DICT["amp"] is True and DEFAULT_CFG_DICT["workers"] > 0  # what Ultralytics then uses
+
+
+def test_an_automatic_device_asks_torch_and_options_override_everything(tmp_path, monkeypatch):
+    import torch
+
+    from labelwise.detectors.ultralytics import runs_on_cpu, train_arguments
+
+    for available in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert runs_on_cpu("") is not available
+        assert ("amp" in train_arguments(_request(tmp_path, ""))) is not available
+    assert train_arguments(_request(tmp_path, "0"), cpu=True)["workers"] == 0
+    assert train_arguments(_request(tmp_path, "0", amp=False, workers=2))["workers"] == 2
+    assert train_arguments(_request(tmp_path, "cpu", workers=1))["workers"] == 1

@@ -93,14 +93,7 @@ class UltralyticsDetector:
     def train(self, request: TrainRequest) -> TrainResult:
         model = self.load(request.start)
         out = Path(request.out_dir).absolute()
-        args: dict[str, Any] = dict(
-            data=str(request.data_yaml), epochs=request.epochs, imgsz=request.imgsz, batch=request.batch,
-            device=request.device, seed=request.seed, project=str(out.parent), name=out.name, exist_ok=True,
-            # val=False validates once, after the last epoch, instead of after every epoch: the same final metrics
-            # at a fraction of the cost for the short runs of an active-learning round.
-            plots=False, verbose=False, amp=False, deterministic=False, workers=0, val=False,
-        )
-        args.update(request.options)
+        args = train_arguments(request)
         started = time.perf_counter()
         try:
             metrics = model.train(**args)
@@ -118,8 +111,9 @@ class UltralyticsDetector:
                  out_dir: Path) -> dict[str, Any]:
         model = self.load(str(weights))
         out = Path(out_dir).absolute()
+        cpu = {"workers": 0} if runs_on_cpu(device) else {}  # data-loader processes only where they pay off
         metrics = model.val(data=str(data_yaml), imgsz=imgsz, batch=batch, device=device, plots=False,
-                            verbose=False, project=str(out.parent), name=out.name, exist_ok=True, workers=0)
+                            verbose=False, project=str(out.parent), name=out.name, exist_ok=True, **cpu)
         return _metrics(metrics, model)
 
     # -- scoring -------------------------------------------------------------------------------------------------
@@ -289,6 +283,47 @@ def _first_occurrences(idx):
     first = torch.full((values.numel(),), idx.numel(), dtype=torch.long, device=idx.device)
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return first.sort().values
+
+
+def runs_on_cpu(device: str | None) -> bool:
+    """Whether Ultralytics will run on the CPU for this `device` setting ("cpu", "0", "cuda:1", "0,1", "mps", "").
+    An empty setting means "a GPU when there is one", the only case that asks torch."""
+    text = str(device if device is not None else "").strip().lower()
+    if text in ("", "none"):
+        import torch
+
+        return not torch.cuda.is_available()
+    return text == "cpu"
+
+
+def train_arguments(request: TrainRequest, *, cpu: bool | None = None) -> dict[str, Any]:
+    """The keyword arguments for Ultralytics' `model.train` (pure: `cpu` given, or an explicit device setting).
+
+    On the CPU: `amp=False, workers=0` (AMP is a GPU feature, and Ultralytics sets workers=0 on the CPU anyway, its
+    data loading being cheap next to the forward pass). Anywhere else Ultralytics' defaults stay: `amp=True` (mixed
+    precision: faster steps, less GPU memory) and `workers=8` data-loader processes per GPU.
+
+    `amp=True` makes Ultralytics run its AMP check (`ultralytics.utils.checks.check_amp`, 8.4.190): it loads
+    `yolo26n.pt` from its weights dir, downloading it when missing. Offline the download fails with a
+    `ConnectionError` (at once where the host cannot be resolved; within requests' 30 s connect timeout where packets
+    are dropped), which check_amp catches: it logs "checks skipped ... Offline" and trains WITH AMP. Only an
+    AssertionError (fp16 and fp32 outputs disagree) or a GPU on its known-bad list turns AMP off. To skip the check
+    and its download attempt, pass `amp` in `request.options`. `request.options` override everything here.
+    """
+    if cpu is None:
+        cpu = runs_on_cpu(request.device)
+    out = Path(request.out_dir).absolute()
+    args: dict[str, Any] = dict(
+        data=str(request.data_yaml), epochs=request.epochs, imgsz=request.imgsz, batch=request.batch,
+        device=request.device, seed=request.seed, project=str(out.parent), name=out.name, exist_ok=True,
+        # val=False validates once, after the last epoch, instead of after every epoch: the same final metrics
+        # at a fraction of the cost for the short runs of an active-learning round.
+        plots=False, verbose=False, deterministic=False, val=False,
+    )
+    if cpu:
+        args.update(amp=False, workers=0)
+    args.update(request.options)
+    return args
 
 
 def _roi_features(roi_align, feats, b: int, boxes_in, strides: list[float]):
