@@ -229,3 +229,19 @@ def test_a_label_file_of_one_huge_line_of_nul_bytes_gives_a_short_message(tmp_pa
     with pytest.raises(ValueError) as info:
         read_yolo_label(label, 2)
     assert len(str(info.value)) < 600 and "20,000,000 characters" in str(info.value)
+
+
+# -- Ultralytics' Image.open patch ---------------------------------------------------------------------------------------
+
+
+def test_a_corrupt_image_is_quarantined_also_after_ultralytics_patched_image_open(tmp_path, monkeypatch):
+    patches = pytest.importorskip("ultralytics.utils.patches")
+    checks = pytest.importorskip("ultralytics.utils.checks")
+    monkeypatch.setattr(checks, "check_requirements", lambda *a, **k: None)  # never pip install from a test
+    monkeypatch.setattr(patches, "_pil_plugins_registered", False)
+    monkeypatch.setattr(Image, "open", patches.image_open)  # what `import ultralytics` does
+    monkeypatch.setitem(__import__("sys").modules, "pi_heif", None)  # pi-heif not installed
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    found = inspect_image(tmp_path / "broken.png")
+    assert isinstance(found, Rejected) and "corrupt or unreadable" in found.reason
+    assert isinstance(inspect_image(_image(tmp_path / "fine.png", 1)), ImageFile)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,10 +121,21 @@ def _too_many_pixels(path: Path, exc: DecompressionBombError) -> str:
 def _decode(path: Path) -> tuple[tuple[int, int], int, int]:
     """((width, height), pHash, dHash) of the image as shown (EXIF orientation applied), from a full decode:
     truncated files fail here, not during training. Raises one of _UNREADABLE."""
-    with Image.open(path) as img:
+    with _pillow_open()(path) as img:
         img.load()
         upright = ImageOps.exif_transpose(img) if img.getexif() else img
         return upright.size, *perceptual_hashes(upright)
+
+
+def _pillow_open():
+    """Pillow's own `Image.open`. Importing Ultralytics replaces `Image.open` with a wrapper that, for a file Pillow
+    cannot identify, calls `check_requirements("pi-heif")` (a pip install when Ultralytics' autoinstall is on) and
+    imports pi_heif, which raises ModuleNotFoundError where it is absent: a corrupt file would then stop `add`, or
+    the hash backfill of `select` after scoring, with a traceback. labelwise reads no HEIF (see IMAGE_SUFFIXES)."""
+    opener = Image.open
+    if getattr(opener, "__module__", "PIL.Image") != "PIL.Image":  # wrapped: the wrapper keeps the original
+        opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
+    return opener
 
 
 def perceptual_hashes(img: Image.Image) -> tuple[int, int]:
