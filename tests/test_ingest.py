@@ -39,7 +39,9 @@ def _cli(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess
 
 def test_a_kill_between_the_image_and_its_label_loses_no_label(tmp_path):
     images = _images(tmp_path / "seed", 6)
-    Workspace.create(tmp_path / "ws", images=[images], classes=["a"], val_fraction=0.0, model="yolo11n.yaml")
+    (tmp_path / "empty").mkdir()
+    Workspace.create(tmp_path / "ws", images=[tmp_path / "empty"], classes=["a"], val_fraction=0.0,
+                     model="yolo11n.yaml").ingest_sources(progress=False)
     add = ("add", str(images), "-w", str(tmp_path / "ws"), "--labeled")
     crashed = _cli(*add, crash_at="add_before_label")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
@@ -135,6 +137,8 @@ def test_init_killed_half_way_is_continued_by_the_same_init(tmp_path, crash_at):
     crashed = _init(tmp_path / "ws", images, crash_at=crash_at)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert init_state(tmp_path / "ws") == "started"
+    refused = _cli("select", "-w", str(tmp_path / "ws"))  # no command works on a half-made pool
+    assert refused.returncode == 2 and "half-made" in refused.stderr and "labelwise init" in refused.stderr
     resumed = _init(tmp_path / "ws", images)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-2000:]
     assert "continuing" in resumed.stdout

@@ -6,6 +6,7 @@ with exit code 2; nothing here asks for input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.table import Table
 from labelwise.annotation.base import AnnotationError
 from labelwise.config import ConfigError
 from labelwise.detectors.base import DetectorError
+from labelwise.lock import WorkspaceBusy, workspace_lock
 from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace, init_state
 from labelwise.presets import resolve as resolve_strategy
 from labelwise.simulate import SimulationError
@@ -39,10 +41,27 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (ConfigError, LoopError, DetectorError, AnnotationError, SimulationError, FileNotFoundError,
-                ValueError) as exc:
+        except (ConfigError, LoopError, DetectorError, AnnotationError, SimulationError, WorkspaceBusy,
+                FileNotFoundError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def writes(func):
+    """The command changes the workspace: it runs holding the workspace's lock (a second writer refuses at once,
+    naming the process that holds it; see labelwise.lock), and not on a workspace whose init has not finished."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        root = Path(kwargs.get("workspace") or ".")
+        with workspace_lock(root):
+            if init_state(root) == "started":
+                raise LoopError(f"{root.absolute()} is half-made: its `labelwise init` was stopped before it "
+                                "finished (or, from Python, `Workspace.create` was not followed by "
+                                "`ingest_sources()`); run the same `labelwise init` again to complete it")
+            return func(*args, **kwargs)
 
     return wrapper
 
@@ -86,15 +105,21 @@ def init(
     if init_state(directory) == "started":
         out.print(f"continuing the workspace an earlier `labelwise init` left half-made in {directory} (with other "
                   "settings it starts over)", highlight=False)
-    ws = Workspace.create(directory, images=list(images), classes=names, data_yaml=data, labeled=labeled or [],
-                          val=val, model=model, imgsz=imgsz, budget={"per_round": per_round},
-                          strategy=resolve_strategy(strategy))
-    _print_add(ws.ingest_sources())
+    # The lock as soon as there is a folder to hold it in: around everything when it exists (a second init must
+    # not start over a half-made workspace that a live init is filling), else from its creation on.
+    existed = directory.is_dir()
+    with workspace_lock(directory):
+        ws = Workspace.create(directory, images=list(images), classes=names, data_yaml=data,
+                              labeled=labeled or [], val=val, model=model, imgsz=imgsz,
+                              budget={"per_round": per_round}, strategy=resolve_strategy(strategy))
+        with contextlib.nullcontext() if existed else workspace_lock(ws.root):
+            _print_add(ws.ingest_sources())
     out.print(f"workspace ready: {ws.root}\nnext: labelwise status -w {ws.root}", highlight=False)
 
 
 @app.command()
 @friendly
+@writes
 def add(paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
         workspace: WorkspaceOpt = Path("."),
         labeled: Annotated[bool, typer.Option(help="The images come with YOLO labels.")] = False) -> None:
@@ -131,6 +156,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 @friendly
+@writes
 def train(workspace: WorkspaceOpt = Path(".")) -> None:
     """Train the round's model on every labeled image."""
     ws = Workspace(workspace)
@@ -142,6 +168,7 @@ def train(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 @friendly
+@writes
 def score(workspace: WorkspaceOpt = Path(".")) -> None:
     """Score the pool with the round's model (cached: a second run costs nothing)."""
     n = Workspace(workspace).score()
@@ -150,6 +177,7 @@ def score(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 @friendly
+@writes
 def select(workspace: WorkspaceOpt = Path("."),
            k: Annotated[Optional[int], typer.Option("--k", help="Batch size (default: budget.per_round).")] = None,
            strategy: Annotated[Optional[str], typer.Option(help="Override the round's strategy.")] = None) -> None:
@@ -166,6 +194,7 @@ def select(workspace: WorkspaceOpt = Path("."),
 
 @app.command()
 @friendly
+@writes
 def export(workspace: WorkspaceOpt = Path(".")) -> None:
     """Stage the batch as a folder of images plus a manifest (JSON and CSV) with every score and rank."""
     folder = Workspace(workspace).export()
@@ -175,6 +204,7 @@ def export(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command("import")
 @friendly
+@writes
 def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip / .tar.gz) of YOLO txt files for the batch.")],
             workspace: WorkspaceOpt = Path(".")) -> None:
     """Take labels back for the staged images; partial imports are fine."""
@@ -188,6 +218,7 @@ def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip / .tar.
 
 @app.command()
 @friendly
+@writes
 def run(workspace: WorkspaceOpt = Path("."),
         oracle: Annotated[Optional[Path], typer.Option(help="YOLO labels standing in for the annotators.")] = None,
         rounds: Annotated[Optional[int], typer.Option(help="Stop after this many completed rounds.")] = None) -> None:
@@ -199,6 +230,7 @@ def run(workspace: WorkspaceOpt = Path("."),
 
 @app.command()
 @friendly
+@writes
 def resume(workspace: WorkspaceOpt = Path(".")) -> None:
     """Lift a recorded stop (stopping rule, budget) so that `labelwise run` goes on."""
     out.print(Workspace(workspace).resume(), highlight=False)
@@ -211,6 +243,7 @@ def _print_round(summary: RoundSummary) -> None:
 
 @annotate_app.command("push")
 @friendly
+@writes
 def annotate_push(workspace: WorkspaceOpt = Path("."),
                   new_project: Annotated[bool, typer.Option(
                       "--new-project", help="Label Studio: forget the remembered project (e.g. it was deleted) "
@@ -238,6 +271,7 @@ def annotate_status(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @annotate_app.command("wait")
 @friendly
+@writes
 def annotate_wait(workspace: WorkspaceOpt = Path("."),
                   timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
                   interval: Annotated[float, typer.Option(help="First polling interval, seconds.")] = 2.0) -> None:
@@ -256,6 +290,7 @@ def annotate_wait(workspace: WorkspaceOpt = Path("."),
 
 @annotate_app.command("pull")
 @friendly
+@writes
 def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
     """Take the finished labels into the store (idempotent)."""
     ws = Workspace(workspace)
