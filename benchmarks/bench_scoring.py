@@ -188,6 +188,7 @@ def memory_child(pool_dirs: list[Path], checkpoint: Path, imgsz: int, work: Path
     from labelwise.loop import Workspace
 
     ws = Workspace.create(work / "ws", images=pool_dirs, classes=[f"c{i}" for i in range(80)], imgsz=imgsz,
+                          model="yolo11n.yaml",  # the round is set to score with the checkpoint below
                           score={"conf": CONF, "iou": IOU, "batch": BATCH})
     t = time.perf_counter()
     report = ws.ingest_sources(progress=False)

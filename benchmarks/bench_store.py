@@ -56,7 +56,7 @@ def build(root: Path, n_images: int, n_labeled: int, n_val: int, seed: int = 0) 
     src = root.parent / "tiny-images"
     src.mkdir(parents=True, exist_ok=True)
     (src / "README.txt").write_text("the benchmark's pool rows point at files that do not exist; none is opened\n")
-    ws = Workspace.create(root, images=[src], classes=CLASSES, imgsz=320)
+    ws = Workspace.create(root, images=[src], classes=CLASSES, model="yolo11n.yaml", imgsz=320)
     store: Store = ws.store
     timings: dict[str, float] = {}
 

@@ -22,14 +22,14 @@ def test_init_status_add(tmp_path):
     _images(tmp_path / "pool", 5)
     (tmp_path / "pool" / "broken.png").write_bytes(b"garbage")
     result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"),
-                                 "--classes", "cat,dog"])
+                                 "--classes", "cat,dog", "--model", "yolo11n.yaml"])
     assert result.exit_code == 0, result.output
     assert "added 5 images" in result.output and "quarantined" in result.output
     assert (tmp_path / "ws" / "labelwise.yaml").exists() and (tmp_path / "ws" / "labelwise.db").exists()
     status = runner.invoke(app, ["status", "-w", str(tmp_path / "ws")])
     assert status.exit_code == 0, status.output
     assert "labelwise select" in status.output  # nothing labeled yet: the next step is the first batch
-    # the default model is a YAML (no embeddings to choose with): status says the first batch will be random
+    # a model YAML has no embeddings to choose with: status says the first batch will be random
     assert "picked at random" in status.output and "not a trained checkpoint" in status.output
     assert "broken.png" in status.output
     _images(tmp_path / "more", 2, seed=1)
@@ -40,7 +40,7 @@ def test_init_status_add(tmp_path):
 def test_select_and_export_cold_start_then_import_from_the_cli(tmp_path):
     _images(tmp_path / "pool", 6)
     runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"), "--classes", "a",
-                        "--per-round", "3"])
+                        "--per-round", "3", "--model", "yolo11n.yaml"])
     ws = ["-w", str(tmp_path / "ws")]
     sel = runner.invoke(app, ["select", *ws])
     assert sel.exit_code == 0, sel.output
@@ -72,7 +72,7 @@ def test_import_from_an_archive_is_unpacked_safely(tmp_path):
 
     _images(tmp_path / "pool", 4)
     runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(tmp_path / "pool"), "--classes", "a",
-                        "--per-round", "2"])
+                        "--per-round", "2", "--model", "yolo11n.yaml"])
     ws = ["-w", str(tmp_path / "ws")]
     runner.invoke(app, ["select", *ws])
     runner.invoke(app, ["export", *ws])

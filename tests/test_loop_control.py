@@ -79,7 +79,7 @@ def _workspace(tmp_path: Path, scenes, detector=None, **settings) -> Workspace:
     pool, val = scenes
     settings = {"budget": {"per_round": 3, "initial": 3}, "train": {"epochs": 1}, **settings}
     Workspace.create(tmp_path / "ws", images=[pool / "images"], classes=["a", "b"], val=val / "images",
-                     **settings).ingest_sources(progress=False)
+                     **{"model": "yolo11n.yaml", **settings}).ingest_sources(progress=False)
     return Workspace(tmp_path / "ws", detector=detector or FakeDetector())
 
 

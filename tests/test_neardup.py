@@ -123,7 +123,7 @@ def test_chunked_search_equals_brute_force_over_many_references(rule):
 
 def test_ingest_stores_the_hashes_and_scored_pool_returns_them(tmp_path):
     paths = [_image(tmp_path / "pool" / f"{k}.png", k) for k in range(3)]
-    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["x"])
+    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["x"], model="yolo11n.yaml")
     ws.ingest_sources(progress=False)
     rows = {img.path.name: img.id for img in ws.store.images()}
     ids = [rows["2.png"], rows["0.png"], rows["1.png"]]

@@ -66,7 +66,7 @@ def test_add_quarantines_a_decompression_bomb_and_goes_on(tmp_path):
     pool = tmp_path / "pool"
     _png_header_only(pool / "a_huge.png", 20000, 10000)
     _image(pool / "b_fine.png", 2)
-    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["x"])
+    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["x"], model="yolo11n.yaml")
     report = ws.ingest_sources(progress=False)
     assert report.added == 1
     reasons = dict(ws.store.quarantined())
@@ -156,7 +156,8 @@ def test_add_takes_polygon_labels_instead_of_quarantining_the_image(tmp_path):
     labels.mkdir(parents=True)
     (labels / "seg.txt").write_text(POLYGON + "\n")
     (labels / "noise.txt").write_text("0 0.5 0.5 1.0000002 0.3\n")
-    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a", "b"], labeled=[images], val_fraction=0.0)
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a", "b"], labeled=[images], val_fraction=0.0,
+                          model="yolo11n.yaml")
     report = ws.ingest_sources(progress=False)
     assert report.quarantined == [] and report.labeled == 2
     seg = next(i for i in ws.store.images() if i.path.name == "seg.png")
@@ -189,7 +190,8 @@ def test_add_quarantines_a_non_finite_class_and_goes_on(tmp_path):
     for n, cls in enumerate(["inf", "nan", "0"]):
         _image(images / f"{n}.png", n)
         (labels / f"{n}.txt").write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
-    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], labeled=[images], val_fraction=0.0)
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], labeled=[images], val_fraction=0.0,
+                          model="yolo11n.yaml")
     report = ws.add([images], labeled=True, progress=False)
     assert report.labeled == 1
     reasons = dict(ws.store.quarantined())

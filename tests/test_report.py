@@ -61,7 +61,7 @@ def fake_detections(boxes: list[tuple], width: int, height: int, conf: float) ->
 def workspace(tmp_path) -> Workspace:
     data = generate(tmp_path / "scenes", ScenarioSpec(n_train=30, n_val=6, image_size=64, seed=5))
     ws = Workspace.create(tmp_path / "ws", images=[data.parent / "train" / "images"], data_yaml=data,
-                          imgsz=64, budget={"per_round": PER_ROUND, "initial": PER_ROUND},
+                          model="yolo11n.yaml", imgsz=64, budget={"per_round": PER_ROUND, "initial": PER_ROUND},
                           strategy={"name": "detection_and_confusion"})
     ws.ingest_sources(progress=False)
     store = ws.store
@@ -212,7 +212,8 @@ def test_report_renders_in_headless_chromium(workspace, tmp_path):
 
 def test_report_of_a_fresh_workspace_says_no_model_yet(tmp_path):
     data = generate(tmp_path / "scenes", ScenarioSpec(n_train=8, n_val=2, image_size=64, seed=1))
-    ws = Workspace.create(tmp_path / "ws", images=[data.parent / "train" / "images"], data_yaml=data)
+    ws = Workspace.create(tmp_path / "ws", images=[data.parent / "train" / "images"], data_yaml=data,
+                          model="yolo11n.yaml")
     ws.ingest_sources(progress=False)
     text = build_report(ws, tmp_path / "r.html").read_text()
     assert 'id="learning-curve-missing"' in text and "No trained round yet" in text

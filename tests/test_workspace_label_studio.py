@@ -33,7 +33,7 @@ def _pool(folder, sizes):
 def test_cli_round_trip_through_label_studio(tmp_path, ls):
     pool = ls.document_root / f"ws-pool-{uuid.uuid4().hex[:8]}"
     _pool(pool, [(120, 80), (64, 128), (200, 150), (90, 90), (160, 100)])
-    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["fish", "starfish"],
+    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["fish", "starfish"], model="yolo11n.yaml",
                           budget={"per_round": 3, "initial": 3},
                           annotation={"backend": "label_studio", "url": ls.url,
                                       "document_root": str(ls.document_root),

@@ -27,7 +27,7 @@ def test_same_stem_in_two_folders_are_two_images_and_same_bytes_are_one(tmp_path
     copy = tmp_path / "pool" / "cam3" / "other_name.png"
     copy.parent.mkdir(parents=True)
     shutil.copyfile(a, copy)
-    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["cat", "dog"])
+    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["cat", "dog"], model="yolo11n.yaml")
     report = ws.ingest_sources(progress=False)
     assert report.added == 2
     assert [Path(p).name for p, _ in report.duplicates] == ["other_name.png"]
@@ -39,7 +39,7 @@ def test_same_stem_in_two_folders_are_two_images_and_same_bytes_are_one(tmp_path
 
 def test_adding_again_is_idempotent_and_pool_can_grow(tmp_path):
     _image(tmp_path / "pool" / "a.png", 1)
-    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["x"])
+    ws = Workspace.create(tmp_path / "ws", images=[tmp_path / "pool"], classes=["x"], model="yolo11n.yaml")
     ws.ingest_sources(progress=False)
     assert ws.add([tmp_path / "pool"], progress=False).added == 0
     _image(tmp_path / "more" / "b.png", 2)
@@ -65,7 +65,7 @@ def test_bad_files_are_quarantined_with_a_message_naming_the_file(tmp_path):
     (labels / "bad_class.txt").write_text("7 0.5 0.5 0.2 0.2\n")
     (labels / "outside.txt").write_text("0 1.2 0.5 0.2 0.2\n")
     (labels / "empty.txt").write_text("")
-    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["a", "b"],
+    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["a", "b"], model="yolo11n.yaml",
                           labeled=[pool], val_fraction=0.0)
     report = ws.add([pool], labeled=True, progress=False)
     reasons = dict(ws.store.quarantined())
@@ -112,13 +112,14 @@ def test_labeled_images_hold_out_a_fixed_validation_part_by_hash(tmp_path):
     for i in range(40):
         _image(images / f"{i}.png", i)
         (labels / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"],
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], model="yolo11n.yaml",
                           labeled=[images], val_fraction=0.25)
     ws.ingest_sources(progress=False)
     val = {i.sha256 for i in ws.store.images(split="val")}
     assert 3 <= len(val) <= 18  # about a quarter of 40
     # a second workspace over the same files holds out exactly the same images: the split depends on content only
-    ws2 = Workspace.create(tmp_path / "ws2", images=[images], classes=["a"], labeled=[images], val_fraction=0.25)
+    ws2 = Workspace.create(tmp_path / "ws2", images=[images], classes=["a"], labeled=[images], val_fraction=0.25,
+                           model="yolo11n.yaml")
     ws2.ingest_sources(progress=False)
     assert {i.sha256 for i in ws2.store.images(split="val")} == val
 
