@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from labelwise.balance import predicted_classes
 from labelwise.committee import committee_disagreement
@@ -308,13 +309,16 @@ def test_rare_class_weight_and_quotas_flow_from_labelwise_yaml(ws_copy):
     doc, _ = read_manifest(ws.export())
     assert all("score_rare_weight" in row for row in doc["images"])
 
-    # a typo in the strategy section is an error that names the key, not a silent default
-    ws = edit_yaml(ws, strategy={"name": "detection_and_confusion", "dedup_treshold": 0.9})
-    with pytest.raises(ConfigError, match="dedup_treshold"):
-        ws.select()
-    ws = edit_yaml(ws, strategy={"name": "detection_and_confusion", "class_quotas": {"unicorn": 1}})
-    with pytest.raises(ConfigError, match="unicorn"):
-        ws.select()
+    # a typo in the strategy section is an error that names the key, not a silent default; labelwise.yaml is
+    # checked whole when it is loaded, so the next command refuses it before any train, score or select
+    path = ws.root / "labelwise.yaml"
+    for strategy, word in (({"name": "detection_and_confusion", "dedup_treshold": 0.9}, "dedup_treshold"),
+                           ({"name": "detection_and_confusion", "class_quotas": {"unicorn": 1}}, "unicorn")):
+        data = yaml.safe_load(path.read_text())
+        data["strategy"] = strategy
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=word):
+            Workspace(ws.root)
 
 
 def test_cli_select_with_strategy(ws_copy):

@@ -2,7 +2,8 @@
 
 A preset is what `labelwise init` writes as the default, what `labelwise simulate --strategies` accepts beside the
 plain strategy names, and what the benchmarks compare. Each value is a plain mapping, exactly as it would be written
-under `strategy:` in labelwise.yaml (validated by `labelwise.selection.StrategyConfig.from_dict`).
+under `strategy:` in labelwise.yaml, which may also name a preset instead (`strategy: default`). Checked like any
+`strategy:` section when labelwise.yaml is loaded (`labelwise.config`, against `labelwise.selection.StrategyConfig`).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from labelwise.config import ConfigError, read_data_yaml, save_config
+from labelwise.config import LOOP_STRATEGY_KEYS, ConfigError, read_data_yaml, save_config
 from labelwise.fileio import atomic_write_text
 from labelwise.pool import find_files, is_candidate, label_path_for, parse_yolo_label
 from labelwise.progress import console
@@ -93,7 +93,6 @@ SIMULATION_FILE = "simulation.json"
 KV_NAMESPACE = "simulate"
 
 FULL_POOL_DIR = "full_pool"
-COLD_STARTS = ("typical", "kcenter", "random")
 FULL_POOL_FRACTIONS = (0.9, 0.95)
 """The summary reports the labels each strategy needs to reach these fractions of the full-pool mAP50."""
 
@@ -110,8 +109,6 @@ _SETTING_DEFAULTS: dict[str, Any] = {"cold_start": "random"}
 # Strategy keys the simulation writes that an older `selection.StrategyConfig` may not know yet; at these values
 # they mean what the loop did before the key existed, so they are left out there instead of failing.
 _NEUTRAL_IF_UNKNOWN: dict[str, Any] = {"cold_start": "random", "dedup_hamming": None}
-# Strategy keys the loop reads itself (not `StrategyConfig` fields).
-_LOOP_KEYS = ("committee_size", "committee_epochs")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -327,7 +324,7 @@ def resolve_strategies(labels: Sequence[str], variants: dict[str, dict[str, Any]
     `selection.StrategyConfig` rejects.
     """
     from labelwise.presets import PRESETS, resolve
-    from labelwise.selection import STRATEGIES, StrategyConfig
+    from labelwise.selection import COLD_STARTS, STRATEGIES, StrategyConfig
 
     if cold_start not in COLD_STARTS:
         raise SimulationError(f"unknown cold start {cold_start!r}; expected one of {', '.join(COLD_STARTS)}")
@@ -373,7 +370,7 @@ def resolve_strategies(labels: Sequence[str], variants: dict[str, dict[str, Any]
                                           f"has no `{key}` setting")
                 del spec[key]
         try:
-            StrategyConfig.from_dict({k: v for k, v in spec.items() if k not in (*_LOOP_KEYS, "class_quotas")})
+            StrategyConfig.from_dict({k: v for k, v in spec.items() if k not in (*LOOP_STRATEGY_KEYS, "class_quotas")})
         except (TypeError, ValueError) as exc:
             raise SimulationError(f"strategy '{label}': {exc}") from None
         out[label] = spec
