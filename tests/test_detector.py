@@ -8,6 +8,7 @@ the one-to-many head with NMS (`predict()`) and the NMS-free one-to-one head (`p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,65 @@ def test_an_automatic_device_asks_torch_and_options_override_everything(tmp_path
     assert train_arguments(_request(tmp_path, "0"), cpu=True)["workers"] == 0
     assert train_arguments(_request(tmp_path, "0", amp=False, workers=2))["workers"] == 2
     assert train_arguments(_request(tmp_path, "cpu", workers=1))["workers"] == 1
+
+
+# -- threads ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    from labelwise.detectors.ultralytics import _set_threads
+
+    _set_threads(torch, before)
+
+
+def _thread_settings():
+    import torch
+    import ultralytics.utils
+    import ultralytics.utils.torch_utils
+
+    return torch.get_num_threads(), ultralytics.utils.NUM_THREADS, ultralytics.utils.torch_utils.NUM_THREADS
+
+
+def test_the_detector_sets_torch_and_ultralytics_threads(ul, config_dir, restore_threads, monkeypatch):
+    from ultralytics.utils.torch_utils import select_device
+
+    from labelwise.detectors import ultralytics as adapter
+
+    for threads in (1, 2):
+        adapter.UltralyticsDetector(config_dir, threads=threads).load("yolo11n.yaml")
+        assert _thread_settings() == (threads, threads, threads)
+        select_device("cpu", verbose=False)  # what every train and predict calls first: it resets torch to NUM_THREADS
+        assert _thread_settings()[0] == threads
+    # No setting: OMP_NUM_THREADS as the user set it before Ultralytics rewrote it, else the usable cores.
+    monkeypatch.setattr("labelwise.cores.usable_cores", lambda *a, **k: 3)
+    monkeypatch.setattr(adapter, "_USER_OMP", None)
+    adapter.UltralyticsDetector(config_dir).load("yolo11n.yaml")
+    assert _thread_settings() == (3, 3, 3)
+    monkeypatch.setattr(adapter, "_USER_OMP", "2")
+    adapter.UltralyticsDetector(config_dir).load("yolo11n.yaml")
+    assert _thread_settings() == (2, 2, 2)
+
+
+def test_a_fresh_process_gets_the_usable_cores_not_ultralytics_one_thread(tmp_path):
+    # `import ultralytics` sets OMP_NUM_THREADS=1 when it is unset; reading it afterwards gave torch one thread.
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, torch\nfrom pathlib import Path\nfrom labelwise.cores import usable_cores\n"
+            "from labelwise.detectors.ultralytics import _ultralytics\n"
+            "_ultralytics(Path(sys.argv[1]))\nimport ultralytics.utils as u\n"
+            "print(json.dumps([torch.get_num_threads(), u.NUM_THREADS, usable_cores()]))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cfg")], capture_output=True, text=True,
+                         check=True, env=env)
+    torch_threads, ultralytics_threads, usable = json.loads(out.stdout.strip().splitlines()[-1])
+    assert torch_threads == ultralytics_threads == usable
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cfg")], capture_output=True, text=True,
+                         check=True, env=env)
+    assert json.loads(out.stdout.strip().splitlines()[-1])[:2] == [1, 1]

@@ -2,7 +2,8 @@
 
 Ultralytics is imported only here, and only after `prepare_environment` has pointed its settings, fonts and runs
 inside the workspace and switched off its network probes and auto-installs (it reads those variables at import).
-Its import also caps torch at one thread on a 2-core machine; we give both cores back.
+Its import also caps torch at one thread on a 2-core machine; we give it the usable cores (`labelwise.cores`) or
+the `threads` asked for.
 
 The scorer runs ONE forward pass per image and keeps, for every box that survives NMS, the full class-score vector
 (Ultralytics' own `Results` keep only the top score, which is not enough for margin or entropy), a per-box feature
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from labelwise.cores import resolve_threads
 from labelwise.detections import ImageDetections
 from labelwise.detectors.base import DetectorError, ScoreFailure, TrainRequest, TrainResult
 
@@ -49,31 +52,51 @@ def prepare_environment(config_dir: Path) -> None:
             shutil.copyfile(font, target / name)
 
 
-def _ultralytics(config_dir: Path):
+# `import ultralytics` sets OMP_NUM_THREADS=1 when it is unset, so once it is imported that variable no longer says
+# what the user asked for: keep the value from before (None: unset, or Ultralytics was imported before labelwise).
+_USER_OMP = None if "ultralytics" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+
+
+def _ultralytics(config_dir: Path, threads: int | None = None):
+    """The `ultralytics` module, imported offline inside `config_dir`, torch and Ultralytics on `threads` threads
+    (None: `labelwise.cores.resolve_threads`, i.e. OMP_NUM_THREADS as the user set it, else the usable cores)."""
     prepare_environment(config_dir)
+    if "ultralytics" not in sys.modules:
+        threads = resolve_threads(threads)  # before the import below rewrites OMP_NUM_THREADS
+    else:
+        environ = {} if _USER_OMP is None else {"OMP_NUM_THREADS": _USER_OMP}
+        threads = resolve_threads(threads, environ=environ)
     import torch
     import ultralytics
-    from ultralytics.utils import torch_utils
 
-    # Several processes sharing the cores (simulations side by side) each set OMP_NUM_THREADS to their share;
-    # every process taking all cores makes their threads spin against each other.
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0)) or 1
-    torch_utils.NUM_THREADS = threads  # select_device() resets torch to this; Ultralytics' default is cpu_count - 1
-    torch.set_num_threads(threads)
+    _set_threads(torch, threads)
     return ultralytics
+
+
+def _set_threads(torch, threads: int) -> None:
+    """torch and Ultralytics on `threads` threads. Ultralytics' select_device() resets torch to its NUM_THREADS
+    (min(8, cpu_count - 1): ONE thread on a 2-core machine) before every train and predict, and its dataset caching
+    sizes thread pools by the same name; every loaded Ultralytics module that copied the name gets ours."""
+    for name, module in list(sys.modules.items()):
+        if (name == "ultralytics" or name.startswith("ultralytics.")) and isinstance(
+                getattr(module, "NUM_THREADS", None), int):
+            module.NUM_THREADS = threads
+    torch.set_num_threads(threads)
 
 
 class UltralyticsDetector:
     """Detector protocol for Ultralytics YOLO models (v8, 11 and later), CPU or GPU."""
 
-    def __init__(self, config_dir: Path):
+    def __init__(self, config_dir: Path, threads: int | None = None):
+        """`threads`: CPU threads for torch and Ultralytics; None: `labelwise.cores.resolve_threads(None)`."""
         self.config_dir = Path(config_dir)
+        self.threads = threads
         # fused eval copies, reused across passes of a round
         self._scoring_nets: dict[tuple[str, float, str, bool], Any] = {}
 
     def load(self, model: str):
         """A YOLO model from a local checkpoint, a model YAML, or a name Ultralytics can download when online."""
-        ultralytics = _ultralytics(self.config_dir)
+        ultralytics = _ultralytics(self.config_dir, self.threads)
         local = Path(model)
         if local.suffix == ".pt" and not local.exists() and os.sep in model:
             raise DetectorError(f"model checkpoint {model} not found: fix `model:` in labelwise.yaml")
