@@ -54,9 +54,22 @@ def test_select_and_export_cold_start_then_import_from_the_cli(tmp_path):
     (labels / f"{staged[0].stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     (labels / f"{staged[1].stem}.txt").write_text("0 0.5 0.5 0.2\n")  # malformed: 4 fields
     imp = runner.invoke(app, ["import", str(labels), *ws])
-    assert imp.exit_code == 0, imp.output
-    assert "imported 1" in imp.output and "pending 2" in imp.output
-    assert f"{staged[1].stem}.txt:1" in imp.output
+    # a refused label file is rejected work: named on its own line, with what to do, and the exit code says so
+    assert imp.exit_code == 1, imp.output
+    assert "imported 1 label(s); 1/3 done (1 accepted, 0 skipped), 1 rejected, 1 pending" in imp.output
+    (line,) = [x for x in imp.output.splitlines() if "rejected:" in x]
+    assert f"{staged[1].stem}.txt:1" in line and "4 fields" in line and "Fix the file" in line
+    assert "next: fix the label files named above, then: labelwise import" in imp.output
+    # status lists the same problem without reading the files again
+    status = runner.invoke(app, ["status", *ws], env={"COLUMNS": "250"})
+    assert status.exit_code == 0, status.output
+    assert "1/3 selected images done (1 labeled, 0 skipped and back in the pool), 1 rejected, 1 pending" in \
+        status.output
+    assert any(f"{staged[1].stem}.txt:1" in x and "rejected:" in x for x in status.output.splitlines())
+    (labels / f"{staged[1].stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # corrected: nothing rejected any more
+    again = runner.invoke(app, ["import", str(labels), *ws])
+    assert again.exit_code == 0, again.output
+    assert "2/3 done (2 accepted, 0 skipped), 0 rejected, 1 pending" in again.output and "rejected:" not in again.output
 
 
 def test_errors_are_one_clear_line_with_exit_code_2(tmp_path):

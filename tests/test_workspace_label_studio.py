@@ -72,7 +72,8 @@ def test_cli_round_trip_through_label_studio(tmp_path, ls):
     assert "2/3 done" in status.output
     pulled = runner.invoke(app, ["annotate", "pull", *args])
     assert pulled.exit_code == 0, pulled.output
-    assert "not finished" in pulled.output
+    assert "2/3 done (2 accepted, 0 skipped), 0 rejected, 1 pending" in pulled.output
+    assert "next: labelwise annotate wait" in pulled.output
     ws = Workspace(tmp_path / "ws")
     for image_id, box in known.items():
         (got,) = ws.store.label(image_id)
@@ -86,3 +87,123 @@ def test_cli_round_trip_through_label_studio(tmp_path, ls):
     runner.invoke(app, ["annotate", "pull", *args])
     assert Workspace(tmp_path / "ws").store.label_history_count() == history
 
+
+
+def _workspace(tmp_path, ls, n_images: int, per_round: int) -> Workspace:
+    pool = ls.document_root / f"ws-pool-{uuid.uuid4().hex[:8]}"
+    _pool(pool, [(120 + 8 * i, 80 + 4 * i) for i in range(n_images)])
+    ws = Workspace.create(tmp_path / "ws", images=[pool], classes=["fish", "starfish"], model="yolo11n.yaml",
+                          budget={"per_round": per_round, "initial": per_round},
+                          annotation={"backend": "label_studio", "url": ls.url,
+                                      "document_root": str(ls.document_root),
+                                      "project_title": f"ws {uuid.uuid4().hex[:6]}"})
+    ws.ingest_sources(progress=False)
+    return ws
+
+
+def _region(value: dict, type_: str = "rectanglelabels", w: int = 100, h: int = 100) -> dict:
+    return {"id": uuid.uuid4().hex[:10], "from_name": "label", "to_name": "image", "type": type_,
+            "original_width": w, "original_height": h, "image_rotation": 0, "value": value}
+
+
+def _box(x, y, width, height, labels, rotation=0.0, **size) -> dict:
+    """A rectangle in percent of the image, as the editor saves it."""
+    return _region({"x": x, "y": y, "width": width, "height": height, "rotation": rotation,
+                    "rectanglelabels": labels}, **size)
+
+
+def _annotate(api, task_id, result) -> dict:
+    r = api.post(f"/api/tasks/{task_id}/annotations", json={"result": result, "lead_time": 2.0})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _rejected_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "rejected:" in line]
+
+
+def test_rejected_annotations_are_shown_line_by_line_and_the_round_stays_open(tmp_path, ls):
+    """Annotations made through Label Studio's API that labelwise cannot take: a rotated box, an unknown label, a box
+    outside the image, a polygon, two labels on one region. Every command that takes labels back prints each one
+    (task, image, region, why, what to do) and exits 1; status lists them; done counts accepted and skipped only."""
+    ws = _workspace(tmp_path, ls, n_images=8, per_round=6)
+    args = ["-w", str(ws.root)]
+    first = runner.invoke(app, ["run", *args])  # selects and pushes; nothing annotated yet
+    assert first.exit_code == 0, first.output
+    ws = Workspace(ws.root)
+    batch = ws.batch()
+    tasks = ws.backend()._round_tasks(batch.round)
+    items = list(batch.items)
+    assert len(items) == 6 and set(tasks) == {i.sha256 for i in items}
+    bad = {  # image -> (what was drawn, words the line must hold)
+        0: ([_box(10, 10, 20, 20, ["fish"], rotation=30)], "rotated by 30 degrees"),
+        1: ([_box(10, 10, 20, 20, ["octopus"])], "unknown label 'octopus'"),
+        2: ([_box(90, 10, 30, 20, ["starfish"])], "reaches outside the image"),
+        3: ([_region({"points": [[10, 10], [40, 10], [25, 40]], "polygonlabels": ["fish"]}, "polygonlabels")],
+            "not a labelled rectangle"),
+        4: ([_box(10, 10, 20, 20, ["fish", "starfish"])], "2 labels"),
+    }
+    with ls.client() as api:
+        made = {}
+        for n, (result, _) in bad.items():
+            item = items[n]
+            for region in result:
+                region.update(original_width=item.width, original_height=item.height)
+            made[n] = _annotate(api, tasks[item.sha256], result)
+        good = items[5]
+        _annotate(api, tasks[good.sha256], [_box(10, 20, 30, 40, ["starfish"], w=good.width, h=good.height)])
+
+    def check_lines(output: str) -> None:
+        lines = _rejected_lines(output)
+        assert len(lines) == 5, output
+        for n, (_, words) in bad.items():
+            item, tid = items[n], tasks[items[n].sha256]
+            (line,) = [x for x in lines if f"task {tid} " in x]
+            assert item.staged_name in line and f"annotation {made[n]['id']}" in line, line
+            assert "region 1 (id " in line and words in line, line
+            assert "Correct it in Label Studio and pull again" in line, line
+
+    status = runner.invoke(app, ["annotate", "status", *args])
+    assert status.exit_code == 0, status.output
+    assert "round 1: 1/6 done (1 accepted, 0 skipped), 5 rejected, 0 pending" in status.output  # not "6/6 done"
+    check_lines(status.output)
+    assert Workspace(ws.root).store.label_history_count() == 0  # status writes nothing
+
+    pulled = runner.invoke(app, ["annotate", "pull", *args])
+    assert pulled.exit_code == 1, pulled.output
+    assert "pulled 1 label(s); 1/6 done (1 accepted, 0 skipped), 5 rejected, 0 pending" in pulled.output
+    check_lines(pulled.output)
+    assert "next: correct the 5 rejected image(s) in Label Studio" in pulled.output
+    assert "labelwise annotate pull" in pulled.output
+
+    waited = runner.invoke(app, ["annotate", "wait", *args, "--timeout", "60", "--interval", "0.1"])
+    assert waited.exit_code == 1, waited.output  # stops at once: only rejected work is left, waiting cannot fix it
+    assert "timed out" not in waited.output
+    check_lines(waited.output)
+
+    ran = runner.invoke(app, ["run", *args])
+    assert ran.exit_code == 1, ran.output
+    check_lines(ran.output)
+    assert "round 1 has rejected annotations" in ran.output and "annotate wait" not in ran.output
+
+    overview = runner.invoke(app, ["status", *args], env={"COLUMNS": "250"})
+    assert overview.exit_code == 0, overview.output
+    assert "1/6 selected images done (1 labeled, 0 skipped and back in the pool), 5 rejected, 0 pending" in \
+        overview.output
+    check_lines(overview.output)
+    ws = Workspace(ws.root)
+    assert ws.store.current_round().step == "annotate"  # the round does not finish with rejected work
+    assert {r["outcome"] for r in ws.store.selection(1)} == {"labeled", "pending"}
+
+    # the annotators correct every one of them in Label Studio: the round completes, nothing is rejected any more
+    with ls.client() as api:
+        for n in bad:
+            item = items[n]
+            fixed = [_box(10, 10, 20, 20, ["fish"], w=item.width, h=item.height)]
+            r = api.patch(f"/api/annotations/{made[n]['id']}/", json={"result": fixed})
+            assert r.status_code == 200, r.text
+    done = runner.invoke(app, ["annotate", "pull", *args])
+    assert done.exit_code == 0, done.output
+    assert "6/6 done (6 accepted, 0 skipped), 0 rejected, 0 pending" in done.output
+    assert _rejected_lines(done.output) == [] and "round complete" in done.output
+    assert Workspace(ws.root).store.current_round().step == "done"

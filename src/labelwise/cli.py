@@ -1,7 +1,9 @@
 """The `labelwise` command: a thin Typer + Rich layer over `labelwise.loop.Workspace` (the Python API).
 
 Each command is a few lines: parse, call the API, print. Errors that a user can fix are printed as one clear line
-with exit code 2; nothing here asks for input.
+with exit code 2; nothing here asks for input. Commands that take labels back (`import`, `annotate pull`, `annotate
+wait`, `run`) print every problem on its own line (task, image, region, why, what to do) and exit with code 1 while
+the round has rejected annotations (or `annotate wait` timed out): someone has to act before the round can finish.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from labelwise.annotation.base import AnnotationError
 from labelwise.config import ConfigError
 from labelwise.detectors.base import DetectorError
 from labelwise.lock import WorkspaceBusy, workspace_lock
-from labelwise.loop import AddReport, LoopError, RoundSummary, Workspace, init_state
+from labelwise.loop import AddReport, ImportReport, LoopError, RoundSummary, Workspace, init_state
 from labelwise.presets import resolve as resolve_strategy
 from labelwise.simulate import SimulationError
 
@@ -32,6 +35,10 @@ out = Console()
 err = Console(stderr=True)
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="The workspace folder.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads for training and scoring (default: `threads:` in labelwise.yaml, else "
+                             "$OMP_NUM_THREADS, else the usable cores).")]
+NEEDS_SOMEONE = 1  # exit code: the round has rejected annotations to correct (or waiting timed out)
 
 
 def friendly(func):
@@ -138,6 +145,10 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     table.add_row("labeled (pool / val)", f"{c['pool_labeled']} / {c['val_labeled']}")
     table.add_row("unlabeled", str(c["pool_unlabeled"]))
     table.add_row("selected, awaiting labels", str(c["pool_selected"]))
+    if s.annotation is not None:
+        a = s.annotation
+        table.add_row("batch", f"{a.done}/{a.total} done ({a.accepted} labeled, {a.skipped} skipped), "
+                               f"{a.rejected} rejected, {a.pending} pending")
     table.add_row("last mAP50", "-" if s.last_map50 is None else f"{s.last_map50:.3f}")
     table.add_row("quarantined", str(c["quarantined"]))
     table.add_row("duplicate files", str(c["duplicate_paths"]))
@@ -152,6 +163,9 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         out.print("[yellow]quarantined files:[/yellow]")
         for _path, reason in s.quarantined:
             out.print(f"  {reason}", highlight=False)
+    if s.problems:
+        out.print(f"[yellow]rejected annotations[/yellow] (as of the last pull, {escape(s.last_pull or '?')}):")
+        _print_problems(s.problems)
 
 
 @app.command()
@@ -169,9 +183,10 @@ def train(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 @friendly
 @writes
-def score(workspace: WorkspaceOpt = Path(".")) -> None:
+def score(workspace: WorkspaceOpt = Path("."), threads: ThreadsOpt = None) -> None:
     """Score the pool with the round's model (cached: a second run costs nothing)."""
-    n = Workspace(workspace).score()
+    _hint_if_cpu_busy()
+    n = Workspace(workspace, threads=threads).score()
     out.print(f"scored {n} images" if n else "every image was already scored by this model (cache)")
 
 
@@ -207,13 +222,8 @@ def export(workspace: WorkspaceOpt = Path(".")) -> None:
 @writes
 def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip / .tar.gz) of YOLO txt files for the batch.")],
             workspace: WorkspaceOpt = Path(".")) -> None:
-    """Take labels back for the staged images; partial imports are fine."""
-    report = Workspace(workspace).import_labels(labels)
-    out.print(f"imported {report.imported}, skipped {report.skipped}, still pending {report.pending}")
-    for problem in report.problems:
-        err.print(f"[yellow]not imported:[/yellow] {problem}", highlight=False, soft_wrap=True)
-    if report.complete:
-        out.print("round complete. next: labelwise run")
+    """Take labels back for the staged images; partial imports are fine. Exits 1 while a label file is refused."""
+    _finish_labels(Workspace(workspace).import_labels(labels), "imported")
 
 
 @app.command()
@@ -221,11 +231,23 @@ def import_(labels: Annotated[Path, typer.Argument(help="Folder (or .zip / .tar.
 @writes
 def run(workspace: WorkspaceOpt = Path("."),
         oracle: Annotated[Optional[Path], typer.Option(help="YOLO labels standing in for the annotators.")] = None,
-        rounds: Annotated[Optional[int], typer.Option(help="Stop after this many completed rounds.")] = None) -> None:
-    """Advance as far as possible (to the budget or the stopping rule with --oracle)."""
-    ws = Workspace(workspace)
-    reason = ws.run(oracle=oracle, rounds=rounds, on_round=_print_round)
-    out.print(reason)
+        rounds: Annotated[Optional[int], typer.Option(help="Stop after this many completed rounds.")] = None,
+        threads: ThreadsOpt = None) -> None:
+    """Advance as far as possible (to the budget or the stopping rule with --oracle). Exits 1 when it stops at a
+    batch with rejected annotations."""
+    _hint_if_cpu_busy()
+    ws = Workspace(workspace, threads=threads)
+    pulls: list[ImportReport] = []
+
+    def on_labels(report: ImportReport) -> None:
+        pulls.append(report)
+        if report.imported or report.skipped or report.problems:
+            _print_labels(report, "pulled", next_line=False)
+
+    reason = ws.run(oracle=oracle, rounds=rounds, on_round=_print_round, on_labels=on_labels)
+    out.print(reason, highlight=False, soft_wrap=True)
+    if pulls and pulls[-1].needs_correction:
+        raise typer.Exit(NEEDS_SOMEONE)
 
 
 @app.command()
@@ -234,6 +256,46 @@ def run(workspace: WorkspaceOpt = Path("."),
 def resume(workspace: WorkspaceOpt = Path(".")) -> None:
     """Lift a recorded stop (stopping rule, budget) so that `labelwise run` goes on."""
     out.print(Workspace(workspace).resume(), highlight=False)
+
+
+def _print_problems(problems) -> None:
+    """Every problem on its own line, as the backend worded it: task, image, region, why, what to do."""
+    for problem in problems:
+        err.print(f"  [yellow]rejected:[/yellow] {escape(str(problem))}", highlight=False, soft_wrap=True)
+
+
+def _print_labels(report: ImportReport, what: str, *, next_line: bool = True) -> None:
+    """What a pull / import took, where the round stands, every problem, and what to run next."""
+    p = report.progress
+    took = f"{what} {report.imported} label(s)" + (f", {report.skipped} newly skipped" if report.skipped else "")
+    counts = "" if p is None else (f"; {p.done}/{p.total} done ({p.accepted} accepted, {p.skipped} skipped), "
+                                   f"{p.rejected} rejected, {p.pending} pending")
+    out.print(f"round {report.round}: {took}{counts}", highlight=False, soft_wrap=True)
+    if report.problems:
+        out.print(f"[yellow]{len(report.problems)} problem(s)[/yellow]: the image(s) stay in the batch until "
+                  "corrected")
+    _print_problems(report.problems)
+    if report.complete:
+        out.print(f"round complete: every image of round {report.round} is labeled or skipped")
+    if next_line:
+        out.print(f"next: {escape(report.next_command)}", highlight=False, soft_wrap=True)
+
+
+def _finish_labels(report: ImportReport, what: str) -> None:
+    """Print a pull / import and exit 1 while the round has rejected work."""
+    _print_labels(report, what)
+    if report.needs_correction:
+        raise typer.Exit(NEEDS_SOMEONE)
+
+
+def _hint_if_cpu_busy() -> None:
+    """One line before long CPU work when other processes already keep every usable core busy: our threads would
+    wait for theirs, and fewer threads share the CPU fairly."""
+    from labelwise.cores import load_hint, usable_cores
+
+    hint = load_hint(usable_cores())
+    if hint:
+        err.print(f"[yellow]note:[/yellow] {hint}", highlight=False, soft_wrap=True)
 
 
 def _print_round(summary: RoundSummary) -> None:
@@ -263,10 +325,14 @@ def annotate_push(workspace: WorkspaceOpt = Path("."),
 @annotate_app.command("status")
 @friendly
 def annotate_status(workspace: WorkspaceOpt = Path(".")) -> None:
-    """How many of the batch's images are done."""
-    ws = Workspace(workspace)
-    p = ws.backend().progress(ws.batch())
-    out.print(f"{p.done}/{p.total} done ({p.skipped} skipped)")
+    """How far the batch is on the backend (done = accepted + skipped), and every rejected annotation. Writes
+    nothing."""
+    report = Workspace(workspace).check_annotations()
+    p = report.progress
+    out.print(f"round {report.round}: {p.done}/{p.total} done ({p.accepted} accepted, {p.skipped} skipped), "
+              f"{p.rejected} rejected, {p.pending} pending", highlight=False)
+    _print_problems(report.problems)
+    out.print(f"next: {escape(report.next_command)}", highlight=False, soft_wrap=True)
 
 
 @annotate_app.command("wait")
@@ -275,27 +341,22 @@ def annotate_status(workspace: WorkspaceOpt = Path(".")) -> None:
 def annotate_wait(workspace: WorkspaceOpt = Path("."),
                   timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
                   interval: Annotated[float, typer.Option(help="First polling interval, seconds.")] = 2.0) -> None:
-    """Wait (polling with back-off) until the batch is done, showing progress; then pull."""
-    from labelwise.annotation.waiting import wait_until_done
-
-    ws = Workspace(workspace)
-    backend = ws.backend()
-    done = wait_until_done(backend, ws.batch(), timeout=timeout, interval=interval)
-    if ws.pull(backend):
-        out.print("round complete. next: labelwise run")
-    elif not done:
-        err.print("timed out; the labels done so far were pulled. Run it again to keep waiting.")
-        raise typer.Exit(1)
+    """Wait (polling with back-off) until the batch is done, showing progress; then pull. Stops early when only
+    rejected annotations are left (waiting cannot fix them) and exits 1, listing each."""
+    report = Workspace(workspace).wait(timeout=timeout, interval=interval)
+    _print_labels(report, "pulled")
+    if report.timed_out:
+        err.print(f"timed out after {timeout:g} s; the labels done so far were pulled. Run it again to keep waiting.")
+    if report.needs_correction or report.timed_out:
+        raise typer.Exit(NEEDS_SOMEONE)
 
 
 @annotate_app.command("pull")
 @friendly
 @writes
 def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Take the finished labels into the store (idempotent)."""
-    ws = Workspace(workspace)
-    complete = ws.pull()
-    out.print("round complete. next: labelwise run" if complete else "pulled; the batch is not finished yet")
+    """Take the finished labels into the store (idempotent). Exits 1 while the batch has rejected annotations."""
+    _finish_labels(Workspace(workspace).pull(), "pulled")
 
 
 @app.command()
@@ -340,6 +401,7 @@ def simulate(
         "--full-pool", help="Also train once on the whole labeled pool: the reference for 'labels to 90%/95%'.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Replay a labeled dataset with its ground truth as the annotators and compare strategies against random."""
     from labelwise.simulate import parse_train_args, read_variants
@@ -349,7 +411,7 @@ def simulate(
                             rounds=rounds, budget=budget, epochs=epochs, imgsz=imgsz, model=model, batch=batch,
                             train_args=parse_train_args(train_arg or []),
                             variants=read_variants(variants) if variants else None, cold_start=cold_start,
-                            full_pool=full_pool, progress=not quiet)
+                            full_pool=full_pool, progress=not quiet, threads=threads)
     out.print(result.files["summary"].read_text(), highlight=False, markup=False)
     out.print(f"outputs in {result.out_dir}: " + ", ".join(p.name for p in result.files.values()), highlight=False)
 

@@ -102,8 +102,9 @@ class Workspace:
         return machine.step(self.ctx)
 
     def run(self, oracle: Path | None = None, rounds: int | None = None,
-            on_round: Callable[[RoundSummary], None] | None = None) -> str:
-        return machine.run(self.ctx, oracle=oracle, rounds=rounds, on_round=on_round)
+            on_round: Callable[[RoundSummary], None] | None = None,
+            on_labels: Callable[[ImportReport], None] | None = None) -> str:
+        return machine.run(self.ctx, oracle=oracle, rounds=rounds, on_round=on_round, on_labels=on_labels)
 
     # -- train, score, select ------------------------------------------------------------------------------------
 
@@ -143,8 +144,14 @@ class Workspace:
     def import_labels(self, folder: Path) -> ImportReport:
         return annotating.import_labels(self.ctx, folder)
 
-    def pull(self, backend: AnnotationBackend | None = None) -> bool:
+    def pull(self, backend: AnnotationBackend | None = None) -> ImportReport:
         return annotating.pull(self.ctx, backend)
+
+    def check_annotations(self, backend: AnnotationBackend | None = None) -> ImportReport:
+        return annotating.check(self.ctx, backend)
+
+    def wait(self, backend: AnnotationBackend | None = None, **kwargs: Any) -> ImportReport:
+        return annotating.wait(self.ctx, backend, **kwargs)
 
     def _apply(self, batch: Batch, result: PullResult) -> ImportReport:
         return annotating.apply(self.ctx, batch, result)

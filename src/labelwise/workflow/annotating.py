@@ -1,28 +1,71 @@
 """Annotating a round: the batch as the backends see it, the configured backend, export to a folder, import of
-label files, pull from a backend; labels are written in one transaction and complete the round when none is
-pending."""
+label files, pull from a backend; labels are written in one transaction and complete the round when nothing is
+pending and nothing is rejected.
+
+Every way labels come back (`pull`, `wait`, `import_labels`, `run`) returns an `ImportReport`: what was taken, the
+round's counts (accepted / rejected / skipped / pending: "done" is accepted and skipped only), every problem as the
+backend described it (task, image, region, why, what to do) and the command to run next. The last pull's problems
+are kept in the store, so `labelwise status` lists the rejected tasks without asking the backend again.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelwise.annotation.base import AnnotationBackend, Batch, BatchItem, PullResult
+from labelwise.annotation.base import (
+    AnnotationBackend,
+    AnnotationProgress,
+    Batch,
+    BatchItem,
+    Problem,
+    PullResult,
+)
 from labelwise.fileio import atomic_write_text
 from labelwise.store import Store
 from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point
 from labelwise.workflow.selecting import PERCEPTUAL_HASH
 
+# What the user calls each backend's annotation tool, in messages.
+TOOL = {"folder": "the label files", "label_studio": "Label Studio", "cvat": "CVAT"}
+KV = "annotation"  # the store's kv namespace for the workflow's annotation bookkeeping
+
 
 @dataclass
 class ImportReport:
+    """What taking labels back did, and where the round stands now.
+
+    imported: labels written by this call (new or changed); skipped: images newly passed on (back to the pool);
+    pending: images of the batch with no label yet (rejected ones included); complete: the round is done.
+    progress: every image of the batch as exactly one of accepted / rejected / skipped / pending (done = accepted +
+    skipped). problems: every item that could not be taken, one line each (`str()`), naming task, image and region,
+    why, and what to do. next_command: what to run now.
+    """
+
     imported: int = 0
     skipped: int = 0
     pending: int = 0
     complete: bool = False
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    round: int = 0
+    progress: AnnotationProgress | None = None
+    via: str = ""  # where the labels came from: the backend's name, or "import"
+    next_command: str = ""
+    timed_out: bool = False  # `wait` gave up before the batch was finished
+
+    @property
+    def rejected(self) -> int:
+        """Images whose annotation cannot be taken as it is (each has at least one problem above)."""
+        return self.progress.rejected if self.progress is not None else 0
+
+    @property
+    def needs_correction(self) -> bool:
+        """The round has rejected work: someone must correct it in the annotation tool before it can finish."""
+        return self.rejected > 0
 
 
 class StoreBackendState:
@@ -102,6 +145,11 @@ def export(ctx: WorkspaceContext) -> Path:
     return folder_backend.folder(current)
 
 
+def configured_backend(ctx: WorkspaceContext) -> str:
+    """The name of the backend labelwise.yaml configures (`annotation: backend:`), default folder."""
+    return str(dict(ctx.config.annotation or {}).get("backend") or "folder")
+
+
 def import_labels(ctx: WorkspaceContext, folder: Path) -> ImportReport:
     """Take YOLO txt labels for the current batch from `folder` (partial imports are fine)."""
     from labelwise.annotation.folder import read_labels
@@ -116,29 +164,139 @@ def import_labels(ctx: WorkspaceContext, folder: Path) -> ImportReport:
     if not folder.is_dir():
         raise LoopError(f"{folder} is not a folder of YOLO label files")
     current = batch(ctx)
-    return apply(ctx, current, read_labels(folder, current))
+    return apply(ctx, current, read_labels(folder, current), via="import", source=folder)
 
 
-def pull(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None) -> bool:
-    """Fetch finished labels from the backend into the store. True when the round's batch is complete."""
+def pull(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None) -> ImportReport:
+    """Fetch finished labels from the backend into the store; the report says where the round stands."""
     from_backend = from_backend or backend(ctx)
     current = batch(ctx)
-    report = apply(ctx, current, from_backend.pull(current))
-    return report.complete
+    return apply(ctx, current, from_backend.pull(current), via=from_backend.name)
 
 
-def apply(ctx: WorkspaceContext, current: Batch, result: PullResult) -> ImportReport:
-    """Write pulled labels in one transaction; complete the round when nothing is pending."""
+def check(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None) -> ImportReport:
+    """Where the batch stands on the backend, with every problem, writing nothing (`labelwise annotate status`)."""
+    from_backend = from_backend or backend(ctx)
+    current = batch(ctx)
+    result = from_backend.pull(current)
+    outcomes = {r["sha256"]: r["outcome"] for r in ctx.store.selection(current.round)}
+    progress = round_progress(current, result, outcomes)
+    report = ImportReport(pending=progress.pending or 0, round=current.round, progress=progress,
+                          problems=list(result.problems), via=from_backend.name,
+                          complete=ctx.store.current_round().step == "done")
+    report.next_command = next_command(ctx, report)
+    return report
+
+
+def wait(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None, *, timeout: float = 3600.0,
+         interval: float = 2.0, max_interval: float = 60.0, show: bool = True,
+         on_progress: Callable[[AnnotationProgress], None] | None = None) -> ImportReport:
+    """Poll the backend (back-off from `interval` to `max_interval` while nothing moves) until every image of the
+    batch is done, or nothing is left pending but rejected work (waiting cannot finish that: a person must correct
+    it), or `timeout` seconds pass; then pull. The report's `timed_out` says whether it gave up."""
+    from labelwise.progress import progress_bar
+
+    from_backend = from_backend or backend(ctx)
+    current = batch(ctx)
+    deadline = time.monotonic() + timeout
+    delay, last = interval, None
+    timed_out = False
+    with progress_bar() if show else _NoBar() as bar:
+        task = bar.add_task(f"Round {current.round} annotations", total=len(current.items), rate="")
+        while True:
+            prog = from_backend.progress(current)
+            bar.update(task, total=prog.total, completed=prog.done,
+                       rate=f"{prog.rejected} rejected, {prog.skipped} skipped")
+            if on_progress is not None and prog != last:
+                on_progress(prog)
+            if prog.complete or (not prog.pending and prog.rejected):
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            delay = interval if last is not None and prog.done > last.done else min(delay * 2, max_interval)
+            last = prog
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+    report = pull(ctx, from_backend)
+    report.timed_out = timed_out and not report.complete
+    return report
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+def round_progress(current: Batch, result: PullResult, outcomes: dict[str, str]) -> AnnotationProgress:
+    """Every image of the batch as one of accepted / rejected / skipped / pending: rejected when the backend
+    refuses its current annotation, else what the store took (labeled / skipped), else what the backend says."""
+    said = {o.sha256: o.status for o in result.tasks}
+    if not said:  # a backend (or a folder import) that reports no outcomes: from its labels and problems
+        said = {lab.sha256: "accepted" if lab.status == "labeled" else "skipped" for lab in result.labels}
+        said.update({p.sha256: "rejected" for p in result.problems if p.sha256 is not None and p.sha256 not in said})
+    counts = {"accepted": 0, "rejected": 0, "skipped": 0, "pending": 0}
+    for item in current.items:
+        status = said.get(item.sha256, "pending")
+        stored = outcomes.get(item.sha256, "pending")
+        if status != "rejected":
+            status = {"labeled": "accepted", "skipped": "skipped"}.get(stored, status)
+        counts[status if status in counts else "pending"] += 1
+    return AnnotationProgress(total=len(current.items), **counts)
+
+
+def next_command(ctx: WorkspaceContext, report: ImportReport, source: Path | None = None) -> str:
+    """What to run now, for the backend the labels came from."""
+    ws = f"-w {ctx.root}"
+    name = configured_backend(ctx) if report.via in ("", "import") else report.via
+    tool = TOOL.get(name, name)
+    if report.via == "import":
+        again = f"labelwise import {source} {ws}" if source is not None else f"labelwise import LABELS {ws}"
+        if report.needs_correction:
+            return f"fix the label files named above, then: {again}"
+        if report.complete:
+            return f"labelwise run {ws}"
+        return f"label the {report.pending} pending image(s), then: {again}"
+    if report.needs_correction:
+        return (f"correct the {report.rejected} rejected image(s) in {tool} (each problem above says what), then: "
+                f"labelwise annotate pull {ws}")
+    if report.complete:
+        return f"labelwise run {ws}"
+    return f"labelwise annotate wait {ws}  (it pulls when {tool} has the batch done; or labelwise annotate pull)"
+
+
+def last_pull(ctx: WorkspaceContext, round_no: int) -> dict[str, Any] | None:
+    """What the last pull or import of `round_no` found: {"at", "via", "counts", "problems": [Problem]}, or None."""
+    found = ctx.store.kv_get(KV, f"round/{round_no}/last_pull")
+    if not found:
+        return None
+    shas = {r["sha256"] for r in ctx.store.selection(round_no)}
+    problems = [Problem(**p) for p in found.get("problems", [])]
+    return {**found, "problems": [p for p in problems if p.sha256 is None or p.sha256 in shas]}
+
+
+def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = "",
+          source: Path | None = None) -> ImportReport:
+    """Write pulled labels in one transaction; complete the round when nothing is pending or rejected."""
     store = ctx.store
     by_sha = current.by_sha()
-    report = ImportReport(problems=[p.message if p.where in p.message else f"{p.where}: {p.message}"
-                                    for p in result.problems])
+    report = ImportReport(problems=list(result.problems), round=current.round, via=via)
     pending_before = {r["image_id"] for r in store.selection(current.round) if r["outcome"] == "pending"}
     with store.transaction():
         for label in result.labels:
             item = by_sha.get(label.sha256)
             if item is None:
-                report.problems.append(f"{label.source}: not an image of round {current.round}'s batch; ignored")
+                report.problems.append(Problem(
+                    label.sha256, label.source or "a label", why=f"it is not for an image of round "
+                    f"{current.round}'s batch", fix="Ignored; nothing to do unless the image should be in the batch."))
                 continue
             if label.status == "skipped":
                 if item.image_id in pending_before:
@@ -156,10 +314,20 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult) -> ImportRe
             store.set_outcome(current.round, item.image_id, "labeled")
             report.imported += 1
             crash_point("mid_import")
-        outcomes = [r["outcome"] for r in store.selection(current.round)]
-        report.pending = outcomes.count("pending")
+        selection = store.selection(current.round)
+        outcomes = {r["sha256"]: r["outcome"] for r in selection}
+        report.progress = round_progress(current, result, outcomes)
+        report.pending = sum(1 for o in outcomes.values() if o == "pending")
         # An empty batch is never complete: closing its round would open the next at once, with nothing learned.
-        if outcomes and report.pending == 0 and store.current_round().step == "annotate":
+        if (selection and report.pending == 0 and not report.needs_correction
+                and store.current_round().step == "annotate"):
             store.update_round(current.round, step="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            report.complete = True
+        report.complete = store.current_round().round == current.round and store.current_round().step == "done"
+        p = report.progress
+        store.kv_set(KV, f"round/{current.round}/last_pull", {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "via": via,
+            "counts": {"total": p.total, "accepted": p.accepted, "rejected": p.rejected, "skipped": p.skipped,
+                       "pending": p.pending},
+            "problems": [dataclasses.asdict(problem) for problem in report.problems]})
+    report.next_command = next_command(ctx, report, source)
     return report

@@ -44,20 +44,27 @@ def step(ctx: WorkspaceContext) -> str | None:
     elif name == "select":
         selecting.select(ctx)
     elif name == "annotate":
-        batch = annotating.batch(ctx)
-        backend = annotating.backend(ctx)
-        backend.push(batch)
-        crash_point("after_push")
-        if not annotating.pull(ctx, backend):
+        report = annotate(ctx)
+        if not report.complete:
             return None
     return name
 
 
+def annotate(ctx: WorkspaceContext) -> annotating.ImportReport:
+    """The annotate step: push the batch to the configured backend (idempotent), then take back what is finished."""
+    batch = annotating.batch(ctx)
+    backend = annotating.backend(ctx)
+    backend.push(batch)
+    crash_point("after_push")
+    return annotating.pull(ctx, backend)
+
+
 def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = None,
-        on_round: Callable[[RoundSummary], None] | None = None) -> str:
+        on_round: Callable[[RoundSummary], None] | None = None,
+        on_labels: Callable[[annotating.ImportReport], None] | None = None) -> str:
     """Advance as far as possible: through `rounds` completed rounds (default: until the budget or the
     stopping rule), with the labels in `oracle` standing in for the annotators when given.
-    Returns why it stopped."""
+    `on_labels` gets the report of every pull (its problems, counts and next command). Returns why it stopped."""
     completed = 0
     while True:
         if finished(ctx):
@@ -85,12 +92,13 @@ def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = 
             if not report.complete:
                 missing = report.pending
                 raise LoopError(f"the oracle {oracle} has no labels for {missing} selected images of round "
-                                f"{round_no}; {'; '.join(report.problems[:3])}")
+                                f"{round_no}; {'; '.join(str(p) for p in report.problems[:3])}")
         elif name == "annotate":
-            if not step(ctx) and ctx.store.current_round().step != "done":
-                progress = annotating.backend(ctx).progress(annotating.batch(ctx))
-                return (f"waiting for annotations of round {round_no}: {progress.done}/{progress.total} done; "
-                        "run `labelwise annotate wait` or `labelwise import LABELS`, then `labelwise run`")
+            report = annotate(ctx)
+            if on_labels is not None:
+                on_labels(report)
+            if not report.complete:
+                return waiting_message(report)
         else:
             step(ctx)
         current = ctx.store.current_round()
@@ -101,6 +109,16 @@ def run(ctx: WorkspaceContext, oracle: Path | None = None, rounds: int | None = 
                                       ctx.store.selection(round_no)))
             if rounds is not None and completed >= rounds:
                 return f"{completed} round(s) done"
+
+
+def waiting_message(report: annotating.ImportReport) -> str:
+    """Why `run` stops at an unfinished batch, with the round's counts and the command to run next."""
+    p = report.progress
+    counts = "" if p is None else (f": {p.done}/{p.total} done ({p.accepted} accepted, {p.skipped} skipped), "
+                                   f"{p.rejected} rejected, {p.pending} pending")
+    if report.needs_correction:
+        return f"round {report.round} has rejected annotations{counts}; next: {report.next_command}"
+    return f"waiting for annotations of round {report.round}{counts}; next: {report.next_command}, then labelwise run"
 
 
 def resume(ctx: WorkspaceContext) -> str:

@@ -25,6 +25,11 @@ class Status:
     finished: str | None
     rounds: list[dict[str, Any]]
     advice: list[Any] = field(default_factory=list)
+    # While a batch is out for annotation: its images as accepted / rejected / skipped / pending (done = accepted +
+    # skipped), and every problem the last pull or import found (one line each: task, image, region, why, fix).
+    annotation: Any = None  # AnnotationProgress | None
+    problems: list[Any] = field(default_factory=list)  # list[Problem]
+    last_pull: str | None = None  # when and how the labels were last taken back
 
 
 def stop_advice(ctx: WorkspaceContext) -> list[Any]:
@@ -109,10 +114,13 @@ def status(ctx: WorkspaceContext) -> Status:
                + ("training" if nxt == "train" else "the first batch (nothing is labeled yet): "
                   + cold_start_plan(ctx)))
     elif current.step == "annotate":
-        sel = ctx.store.selection(current.round)
-        pending = sum(1 for r in sel if r["outcome"] == "pending")
+        annotation, problems, last_pull = annotation_state(ctx, current.round)
         step, cmd = "annotate", "labelwise export  (then label, then)  labelwise import LABELS"
-        msg = f"round {current.round}: {len(sel) - pending}/{len(sel)} selected images labeled"
+        a = annotation
+        msg = (f"round {current.round}: {a.done}/{a.total} selected images done ({a.accepted} labeled, {a.skipped} "
+               f"skipped and back in the pool), {a.rejected} rejected, {a.pending} pending")
+        if a.rejected:
+            msg += " (rejected ones must be corrected in the annotation tool; see below)"
     else:
         step, cmd, msg = current.step, f"labelwise {current.step}", f"round {current.round}: next is {current.step}"
     rounds = [{"round": r.round, "step": r.step, "n_labeled": r.n_labeled, "map50": r.map50,
@@ -122,5 +130,25 @@ def status(ctx: WorkspaceContext) -> Status:
         advice = stop_advice(ctx)
     except Exception as exc:  # advice must never hide the status itself
         advice = [f"stopping advice unavailable: {exc}"]
+    if current is None or current.step != "annotate":
+        annotation, problems, last_pull = None, [], None
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
-                  ctx.store.quarantined(), stopped, rounds, advice)
+                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull)
+
+
+def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[Any], str | None]:
+    """The round's batch as accepted / rejected / skipped / pending, from the store and the problems the last pull
+    (or import) found; those problems; and when that pull was."""
+    from labelwise.annotation.base import AnnotationProgress
+    from labelwise.workflow.annotating import last_pull
+
+    sel = ctx.store.selection(round_no)
+    last = last_pull(ctx, round_no)
+    problems = last["problems"] if last else []
+    rejected = {p.sha256 for p in problems if p.sha256 is not None}
+    counts = {"accepted": 0, "rejected": 0, "skipped": 0, "pending": 0}
+    for r in sel:
+        status = "rejected" if r["sha256"] in rejected else {"labeled": "accepted"}.get(r["outcome"], r["outcome"])
+        counts[status if status in counts else "pending"] += 1
+    when = f"{last['at']} ({last['via'] or 'pull'})" if last else None
+    return AnnotationProgress(total=len(sel), **counts), problems, when
