@@ -240,6 +240,9 @@ def test_the_reserve_leaves_a_pool_and_tops_up_what_labeled_sources_hold_out(tmp
     assert small.store.counts()["val_unlabeled"] == 3
     mid = _reserve_workspace(tmp_path / "mid", _images(tmp_path / "m", 40))
     assert mid.store.counts()["val_unlabeled"] == 20  # at most half the pool
+    sized = _reserve_workspace(tmp_path / "sized", _images(tmp_path / "z", 40),
+                               budget={"per_round": 5, "initial": 5, "val": 12})
+    assert sized.store.counts()["val_unlabeled"] == 12  # budget.val
     # labeled seeds held out by hash count towards the 30
     seeds = _images(tmp_path / "seeds", 20, seed=7)
     seeded = _reserve_workspace(tmp_path / "seeded", _images(tmp_path / "p", 80, seed=8), labeled=[seeds],

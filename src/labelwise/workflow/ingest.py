@@ -224,26 +224,20 @@ def ingest_sources(ctx: WorkspaceContext, progress: bool = True) -> AddReport:
 VAL_RESERVE_KEY = ("validation", "reserve")
 
 
-def val_size(config: WorkspaceConfig) -> int:
-    """How many validation images to hold out: 10% of the first batch (`budget.initial`, or `per_round` when that
-    is 0), rounded up, and at least 30."""
-    budget = config.budget
-    return max(30, -(-(budget.initial or budget.per_round) // 10))
-
-
 def reserve_validation(ctx: WorkspaceContext) -> int:
     """Reserve a seeded random sample of the unlabeled pool as the val split, once (the choice, its seed and its
     size are recorded in the store). Returns how many images were reserved.
 
-    The sample tops up what the labeled sources already hold out (val_fraction) to `val_size`. It never takes more
-    than half of the unlabeled pool, nor so much that the first batch and one more round could not be selected: a
-    pool that small gets none (give `--val`)."""
+    The sample tops up what the labeled sources already hold out (val_fraction) to `budget.val` (default: 10% of
+    the first batch, at least 30; `Budget.val_size`). It never takes more than half of the unlabeled pool, nor so
+    much that the first batch and one more round could not be selected: a pool that small gets none (give
+    `--val`)."""
     import numpy as np
 
     if ctx.config.val or ctx.store.kv_get(*VAL_RESERVE_KEY) is not None:
         return 0
     budget = ctx.config.budget
-    wanted = val_size(ctx.config)
+    wanted = budget.val_size()
     have = ctx.store.counts()["val_labeled"]
     pool = sorted(ctx.store.images(split="pool", state="unlabeled"), key=lambda image: image.sha256)
     first_rounds = (budget.initial or budget.per_round) + budget.per_round
