@@ -271,3 +271,95 @@ def test_a_fresh_process_gets_the_usable_cores_not_ultralytics_one_thread(tmp_pa
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cfg")], capture_output=True, text=True,
                          check=True, env=env)
     assert json.loads(out.stdout.strip().splitlines()[-1])[:2] == [1, 1]
+
+
+# -- the default model and whether it can be had ---------------------------------------------------------------------
+
+def test_the_default_model_is_ultralytics_own_newest_nano_detector(ul):
+    from ultralytics.cfg import TASK2MODEL
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    from labelwise.detectors.ultralytics import _ASSET_NAME, DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == TASK2MODEL["detect"] == "yolo26n.pt"
+    assert DEFAULT_MODEL in GITHUB_ASSETS_NAMES
+    import re
+
+    nano_detectors = [int(m[1]) for name in GITHUB_ASSETS_NAMES if (m := re.fullmatch(r"yolov?(\d+)n\.pt", name))]
+    assert max(nano_detectors) == 26  # no newer nano detection model than YOLO26 in this Ultralytics
+    # labelwise recognises every checkpoint name Ultralytics downloads, without importing it
+    for name in GITHUB_ASSETS_NAMES:
+        if name.endswith(".pt"):
+            assert _ASSET_NAME.fullmatch(name), name
+    for name in ("best.pt", "last.pt", "model.pt", "checkpoint.pt"):
+        assert not _ASSET_NAME.fullmatch(name), name
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty working folder and weights folder, and a download host that does not answer."""
+    from labelwise.detectors import ultralytics as adapter
+
+    asked = []
+    monkeypatch.setattr(adapter, "_download_host_reachable", lambda *a, **k: asked.append(1) or False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    return weights, asked
+
+
+def test_offline_a_checkpoint_name_not_on_this_machine_is_a_clear_error(offline):
+    from labelwise.detectors.base import DetectorError, ModelUnavailableError
+    from labelwise.detectors.ultralytics import DEFAULT_MODEL, check_model_available
+
+    weights, asked = offline
+    for name in (DEFAULT_MODEL, "yolo26n", "yolo11s.pt"):
+        with pytest.raises(ModelUnavailableError) as caught:
+            check_model_available(name, weights_dir=weights)
+        message = str(caught.value)
+        stem = Path(name).stem
+        assert f"'{stem}.pt'" in message and "offline" in message and "cannot be downloaded" in message
+        assert f"--model PATH/TO/{stem}.pt" in message and "--model yolo11n.yaml" in message
+        assert "not recommended" in message and str(weights) in message
+    assert len(asked) == 3
+    assert issubclass(ModelUnavailableError, DetectorError)  # the CLI's handler for detector errors catches it
+
+
+def test_offline_a_yaml_a_local_file_or_a_checkpoint_already_here_needs_no_network(offline, tmp_path):
+    from labelwise.detectors.ultralytics import check_model_available
+
+    weights, asked = offline
+    check_model_available("yolo11n.yaml", weights_dir=weights)
+    check_model_available("yolo26n.yml", weights_dir=weights)
+    own = tmp_path / "models" / "best.pt"
+    own.parent.mkdir()
+    own.write_bytes(b"x")
+    check_model_available(str(own), weights_dir=weights)
+    (weights / "yolo26n.pt").write_bytes(b"x")  # in Ultralytics' weights folder
+    check_model_available("yolo26n.pt", weights_dir=weights)
+    check_model_available("yolo26n", weights_dir=weights)
+    Path("yolo11n.pt").write_bytes(b"x")  # in the working folder, where Ultralytics also looks
+    check_model_available("yolo11n.pt", weights_dir=weights)
+    assert asked == []
+
+
+def test_a_missing_file_that_is_no_checkpoint_name_is_an_error_online_too(offline, monkeypatch):
+    from labelwise.detectors import ultralytics as adapter
+    from labelwise.detectors.base import ModelUnavailableError
+
+    weights, _ = offline
+    monkeypatch.setattr(adapter, "_download_host_reachable", lambda *a, **k: True)
+    adapter.check_model_available("yolo26n.pt", weights_dir=weights)  # online: Ultralytics downloads it
+    for name in ("models/best.pt", "best.pt", "runs/yolo26n.pt"):
+        with pytest.raises(ModelUnavailableError, match="not found"):
+            adapter.check_model_available(name, weights_dir=weights)
+
+
+def test_the_weights_folder_defaults_to_ultralytics_settings(ul):
+    from ultralytics.utils import SETTINGS
+
+    from labelwise.detectors.ultralytics import _ultralytics_weights_dir
+
+    assert _ultralytics_weights_dir() == Path(SETTINGS["weights_dir"])

@@ -14,6 +14,10 @@ class DetectorError(RuntimeError):
     """The detector could not do what was asked; the message says why and how to proceed."""
 
 
+class ModelUnavailableError(DetectorError):
+    """The model to start from is neither on this machine nor downloadable now; the message says how to proceed."""
+
+
 @dataclass(frozen=True)
 class TrainRequest:
     data_yaml: Path  # an Ultralytics-style dataset YAML written from the store

@@ -13,7 +13,9 @@ the same maps, as `predict(embed=...)` computes it, but without a second pass).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -25,9 +27,18 @@ import numpy as np
 
 from labelwise.cores import resolve_threads
 from labelwise.detections import ImageDetections
-from labelwise.detectors.base import DetectorError, ScoreFailure, TrainRequest, TrainResult
+from labelwise.detectors.base import DetectorError, ModelUnavailableError, ScoreFailure, TrainRequest, TrainResult
 
 _PREPARED: Path | None = None
+
+# Ultralytics' own default detection checkpoint (8.4: `ultralytics.cfg.TASK2MODEL["detect"]`), the newest nano model.
+DEFAULT_MODEL = "yolo26n.pt"
+DOWNLOAD_HOST = "github.com"  # Ultralytics downloads its checkpoints from github.com/ultralytics/assets releases
+# The checkpoint names Ultralytics downloads by name (`ultralytics.utils.downloads.GITHUB_ASSETS_NAMES`, matched here
+# without importing Ultralytics; tests/test_detector.py checks that every .pt name there matches).
+_ASSET_NAME = re.compile(
+    r"(yolov?\d+[a-z0-9]*(-[a-z0-9.-]+)?|yoloe-(v8|11|26)[a-z]+-seg(-pf)?|yolo_nas_[a-z]+|rtdetr-[a-z]+"
+    r"|sam2?(\.1)?_[a-z]+|mobile_sam|fastsam-[a-z]+)\.pt", re.IGNORECASE)
 
 
 def prepare_environment(config_dir: Path) -> None:
@@ -55,6 +66,75 @@ def prepare_environment(config_dir: Path) -> None:
 # `import ultralytics` sets OMP_NUM_THREADS=1 when it is unset, so once it is imported that variable no longer says
 # what the user asked for: keep the value from before (None: unset, or Ultralytics was imported before labelwise).
 _USER_OMP = None if "ultralytics" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+
+
+def check_model_available(name: str, weights_dir: Path | None = None) -> None:
+    """Return if Ultralytics can load `name` now; else raise ModelUnavailableError saying how to proceed.
+
+    A model YAML (built from scratch) or an existing local file is always available. An Ultralytics checkpoint name
+    (`yolo26n.pt`, or its stem `yolo26n`) is when it is already in the current folder or in Ultralytics' weights
+    folder (`weights_dir`, default: the `weights_dir` of Ultralytics' settings), or when its download host answers
+    within 3 seconds: Ultralytics downloads it on first use.
+    """
+    text = str(name).strip()
+    path = Path(text).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+        return
+    if not path.suffix and _ASSET_NAME.fullmatch(path.name + ".pt"):
+        path = path.with_suffix(".pt")
+    bare = path.parent == Path(".")
+    if not (bare and _ASSET_NAME.fullmatch(path.name)):
+        raise ModelUnavailableError(
+            f"model '{text}' not found: it is not a file here ({Path.cwd()}) and not an Ultralytics checkpoint name "
+            f"such as {DEFAULT_MODEL}. Fix the path, or pass `--model {DEFAULT_MODEL}`, or `--model yolo11n.yaml` to "
+            "train from scratch (not recommended).")
+    folder = Path(weights_dir) if weights_dir is not None else _ultralytics_weights_dir()
+    if path.is_file() or (folder / path.name).is_file():
+        return
+    if _download_host_reachable():
+        return
+    raise ModelUnavailableError(
+        f"model checkpoint '{path.name}' is not on this machine (looked in {Path.cwd()} and {folder}) and cannot be "
+        f"downloaded: this machine is offline ({DOWNLOAD_HOST}, where Ultralytics downloads it from, does not answer). "
+        f"To proceed: download {path.name} where there is internet (https://github.com/ultralytics/assets/releases), "
+        f"put the .pt file on this machine and pass `--model PATH/TO/{path.name}`; or pass `--model yolo11n.yaml` to "
+        "train from scratch (not recommended: a model without pretrained weights needs far more labelled images).")
+
+
+def _download_host_reachable(timeout: float = 3.0) -> bool:
+    """Whether Ultralytics' download host answers an HTTPS HEAD within `timeout` seconds (proxy variables honoured,
+    as Ultralytics' own download does); any HTTP status counts as an answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"https://{DOWNLOAD_HOST}/", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError, timeouts and refused connections are OSErrors
+        return False
+
+
+def _ultralytics_weights_dir() -> Path:
+    """Ultralytics' weights folder, read without importing Ultralytics (its import writes settings and changes
+    OMP_NUM_THREADS): from its loaded settings, else its settings.json, else its default `weights` in the cwd."""
+    utils = sys.modules.get("ultralytics.utils")
+    if utils is not None and hasattr(utils, "SETTINGS"):
+        return Path(utils.SETTINGS["weights_dir"])
+    if os.environ.get("YOLO_CONFIG_DIR"):
+        config = Path(os.environ["YOLO_CONFIG_DIR"]).expanduser()
+    elif sys.platform == "darwin":
+        config = Path.home() / "Library" / "Application Support"
+    elif sys.platform == "win32":
+        config = Path.home() / "AppData" / "Roaming"
+    else:
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    try:
+        return Path(json.loads((config / "Ultralytics" / "settings.json").read_text())["weights_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path("weights").absolute()
 
 
 def _ultralytics(config_dir: Path, threads: int | None = None):
