@@ -363,3 +363,17 @@ def test_the_weights_folder_defaults_to_ultralytics_settings(ul):
     from labelwise.detectors.ultralytics import _ultralytics_weights_dir
 
     assert _ultralytics_weights_dir() == Path(SETTINGS["weights_dir"])
+
+
+def test_ultralytics_finds_its_font_without_asking_the_network(ul, monkeypatch):
+    import requests
+    from ultralytics.utils import USER_CONFIG_DIR
+    from ultralytics.utils.checks import check_font
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network request {args[:1]}")
+
+    monkeypatch.setattr(requests, "head", no_network)
+    monkeypatch.setattr(requests, "get", no_network)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        assert Path(check_font(name)) == USER_CONFIG_DIR / name

@@ -54,13 +54,17 @@ def prepare_environment(config_dir: Path) -> None:
         _PREPARED = config_dir
     target = Path(os.environ["YOLO_CONFIG_DIR"])
     target.mkdir(parents=True, exist_ok=True)
-    # Every train/val looks for Arial.ttf and otherwise downloads it; any TTF under that name stops the attempt.
+    # Every train/val looks for Arial.ttf in Ultralytics' USER_CONFIG_DIR, which is YOLO_CONFIG_DIR/Ultralytics, and
+    # otherwise asks github.com for it (a HEAD with a 3 s timeout, then a download); any TTF under that name there
+    # stops the attempt.
     import matplotlib
 
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        if not (target / name).exists() and font.exists():
-            shutil.copyfile(font, target / name)
+    for folder in (target, target / "Ultralytics"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+            if not (folder / name).exists() and font.exists():
+                shutil.copyfile(font, folder / name)
 
 
 # `import ultralytics` sets OMP_NUM_THREADS=1 when it is unset, so once it is imported that variable no longer says
