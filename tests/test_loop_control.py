@@ -256,3 +256,78 @@ def test_agreement_is_measured_only_on_images_neither_model_trained_on(tmp_path,
     assert agreements == [1.0]
     current = ws.store.current_round()
     assert ws._agreement_with_previous(current, stop_set_size=5) == 1.0
+
+
+# -- 4. threads: --threads and labelwise.yaml reach the detector; a busy CPU gets a hint ------------------------------
+
+
+@pytest.fixture
+def detectors_made(monkeypatch) -> list[tuple[int | None, FakeDetector]]:
+    """Replace the Ultralytics detector with the fake, recording the `threads` each workspace created it with."""
+    import labelwise.detectors.ultralytics as ultralytics_detector
+
+    made: list[tuple[int | None, FakeDetector]] = []
+
+    def make(config_dir, threads=None):
+        made.append((threads, FakeDetector()))
+        return made[-1][1]
+
+    monkeypatch.setattr(ultralytics_detector, "UltralyticsDetector", make)
+    return made
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_threads_from_the_command_line_or_labelwise_yaml_reach_the_detector(tmp_path, scenes, detectors_made,
+                                                                          monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    ws = _workspace(tmp_path, scenes, threads=2, stopping={"rule": "none"})
+    root, oracle = ws.root, scenes[0] / "labels"
+    ws.store.close()
+    result = _cli("run", "-w", root, "--oracle", oracle, "--rounds", "2", "--threads", "3")
+    assert result.exit_code == 0, result.output
+    assert [t for t, _ in detectors_made] == [3] and detectors_made[0][1].trained  # round 2 trained on it
+    assert "load average" not in result.output
+    result = _cli("run", "-w", root, "--oracle", oracle, "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    assert [t for t, _ in detectors_made] == [3, 2]  # no --threads: labelwise.yaml's `threads: 2`
+
+
+def test_score_takes_threads_and_hints_when_the_cpu_is_already_busy(tmp_path, scenes, detectors_made, monkeypatch):
+    from labelwise.cores import usable_cores
+
+    ws = _workspace(tmp_path, scenes, FakeDetector(), stopping={"rule": "none"})
+    ws.run(oracle=scenes[0] / "labels", rounds=1)
+    ws.train()  # round 2 waits at its score step
+    ws.store.close()
+    busy = usable_cores() + 2.5
+    monkeypatch.setattr("os.getloadavg", lambda: (busy, 0.0, 0.0))
+    result = _cli("score", "-w", ws.root, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert [t for t, _ in detectors_made] == [1] and detectors_made[0][1].scored
+    assert f"load average {busy:.1f} on {usable_cores()} usable core" in result.output
+    assert "--threads 1" in result.output
+
+
+def test_simulate_passes_threads_to_every_workspace(tmp_path, detectors_made, monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    data = tmp_path / "data"
+    for split, n, seed in (("train", 16, 3), ("val", 4, 4)):
+        part = _scenes(tmp_path / split, n, seed)
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        (part / "images").rename(data / "images" / split)
+        (data / "labels").mkdir(parents=True, exist_ok=True)
+        (part / "labels").rename(data / "labels" / split)
+    (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n  0: a\n  1: b\n")
+    result = _cli("simulate", "--data", data / "data.yaml", "--out", tmp_path / "sim", "--strategies", "random",
+                  "--seeds", "1", "--initial", "4", "--per-round", "4", "--rounds", "2", "--epochs", "1",
+                  "--imgsz", "64", "--quiet", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    assert detectors_made and {t for t, _ in detectors_made} == {2}
+    assert any(d.trained for _, d in detectors_made)

@@ -46,10 +46,11 @@ __all__ = ["STEPS", "PERCEPTUAL_HASH", "AddReport", "ImportReport", "LoopError",
 class Workspace:
     """A labelwise workspace: labelwise.yaml, the store, and everything rounds write. The Python API of the CLI."""
 
-    def __init__(self, root: Path, detector: Detector | None = None):
+    def __init__(self, root: Path, detector: Detector | None = None, threads: int | None = None):
+        """`threads`: CPU threads for training and scoring in this process (`--threads`), over labelwise.yaml's."""
         root = Path(root).absolute()
         self.ctx = WorkspaceContext(root=root, config=load_config(root), store=Store(root / STORE_NAME),
-                                    detector_=detector)
+                                    detector_=detector, threads=threads)
 
     # The workspace's state lives in the context the workflow functions share; these keep the attributes that
     # callers (the CLI, simulate, the report, tests) read and set.
@@ -72,6 +73,17 @@ class Workspace:
     @property
     def detector(self) -> Detector:
         return self.ctx.detector
+
+    @property
+    def threads(self) -> int | None:
+        return self.ctx.threads
+
+    @threads.setter
+    def threads(self, value: int | None) -> None:
+        if self.ctx.detector_ is not None and value != self.ctx.threads:
+            raise LoopError("set the workspace's threads before its first training or scoring (the detector "
+                            "has started with its own)")
+        self.ctx.threads = value
 
     # -- creation and the pool -----------------------------------------------------------------------------------
 

@@ -421,7 +421,8 @@ def _open_workspace(root: Path, dataset: _Dataset, settings: SimulationSettings,
 # -- the full-pool reference ----------------------------------------------------------------------------------------
 
 
-def _full_pool(out_dir: Path, dataset: _Dataset, settings: SimulationSettings, train: bool) -> dict[str, Any] | None:
+def _full_pool(out_dir: Path, dataset: _Dataset, settings: SimulationSettings, train: bool,
+               threads: int | None = None) -> dict[str, Any] | None:
     """The model trained ONCE on the whole labeled pool (same model, imgsz, epochs, batch, train_args; seed 0),
     under OUT/full_pool/: its mAP50, the reference the summary measures "labels to 90% / 95% of it" against.
 
@@ -440,6 +441,7 @@ def _full_pool(out_dir: Path, dataset: _Dataset, settings: SimulationSettings, t
                               **_workspace_settings(settings, "random", 0, len(dataset.images)))
     else:
         ws = Workspace(root)
+    ws.threads = threads
     try:
         done = [r for r in ws.store.rounds() if r.map50 is not None]
         if not done:
@@ -1100,7 +1102,8 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
              initial: int, per_round: int, rounds: int | None = None, budget: int | None = None, epochs: int = 10,
              imgsz: int = 320, model: str = "yolo11n.yaml", batch: int = 16,
              train_args: dict[str, Any] | None = None, variants: dict[str, dict[str, Any]] | None = None,
-             cold_start: str = "random", full_pool: bool = False, progress: bool = True) -> SimulationResult:
+             cold_start: str = "random", full_pool: bool = False, progress: bool = True,
+             threads: int | None = None) -> SimulationResult:
     """Run (or resume) the simulation and write its outputs under `out_dir`. See the module docstring.
 
     strategies: labels: plain strategy names, preset names (`labelwise.presets.PRESETS`) or labels of `variants`
@@ -1109,7 +1112,9 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
     number of labeled images (rounds follow from it). train_args: extra Ultralytics train arguments (e.g.
     freeze=10), the same in every round. cold_start: how the initial batch is chosen (typical | kcenter | random),
     the same for every strategy so that a seed's strategies share it. full_pool: also train once on the whole
-    labeled pool (OUT/full_pool/, resumable) for the "labels to 90% / 95% of full pool" columns.
+    labeled pool (OUT/full_pool/, resumable) for the "labels to 90% / 95% of full pool" columns. threads: CPU
+    threads for training and scoring (None: OMP_NUM_THREADS, else the usable cores); it does not change results, so
+    a rerun may use another.
     """
     out_dir = Path(out_dir).absolute()
     seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
@@ -1160,6 +1165,7 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
                 root = out_dir / "runs" / strategy / f"seed{seed}"
                 label = f"{strategy} seed {seed}"
                 ws = _open_workspace(root, dataset, settings, strategy, seed)
+                ws.threads = threads
                 try:
                     eta.skip(len([r for r in ws.store.rounds() if r.map50 is not None]))
                     try:
@@ -1175,7 +1181,7 @@ def simulate(data_yaml: Path, out_dir: Path, strategies: Sequence[str], seeds: S
                     ws.store.close()
         # after the strategies: a long run stopped early has its comparable curves first; a finished reference
         # from an earlier run is reported even without --full-pool
-        reference = _full_pool(out_dir, dataset, settings, train=full_pool)
+        reference = _full_pool(out_dir, dataset, settings, train=full_pool, threads=threads)
     finally:
         console.quiet = quiet_before
 

@@ -37,6 +37,13 @@ class WorkspaceContext:
     config: WorkspaceConfig
     store: Store
     detector_: Detector | None = None
+    threads: int | None = None  # `--threads`: this process's CPU threads, over `threads:` in labelwise.yaml
+
+    @property
+    def threads_setting(self) -> int | None:
+        """CPU threads asked for: `--threads`, else `threads:` in labelwise.yaml; None is auto (OMP_NUM_THREADS,
+        else the usable cores), resolved by the detector before Ultralytics' import rewrites OMP_NUM_THREADS."""
+        return self.threads if self.threads is not None else self.config.threads
 
     @property
     def detector(self) -> Detector:
@@ -45,7 +52,7 @@ class WorkspaceContext:
         if self.detector_ is None:
             from labelwise.detectors.ultralytics import UltralyticsDetector
 
-            self.detector_ = UltralyticsDetector(self.root / ".ultralytics")
+            self.detector_ = UltralyticsDetector(self.root / ".ultralytics", threads=self.threads_setting)
         return self.detector_
 
     def round_dir(self, round_no: int) -> Path:
