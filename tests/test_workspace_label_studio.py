@@ -207,3 +207,41 @@ def test_rejected_annotations_are_shown_line_by_line_and_the_round_stays_open(tm
     assert "6/6 done (6 accepted, 0 skipped), 0 rejected, 0 pending" in done.output
     assert _rejected_lines(done.output) == [] and "round complete" in done.output
     assert Workspace(ws.root).store.current_round().step == "done"
+
+
+def test_a_newer_invalid_annotation_of_a_pulled_task_is_reported_and_held_out_of_training(tmp_path, ls):
+    ws = _workspace(tmp_path, ls, n_images=5, per_round=2)
+    args = ["-w", str(ws.root)]
+    assert runner.invoke(app, ["select", *args]).exit_code == 0
+    pushed = runner.invoke(app, ["annotate", "push", *args])
+    assert pushed.exit_code == 0, pushed.output
+    ws = Workspace(ws.root)
+    a = ws.batch().items[0]
+    tasks = ws.backend()._round_tasks(1)
+    with ls.client() as api:
+        first = _annotate(api, tasks[a.sha256], [_box(10, 10, 20, 20, ["fish"], w=a.width, h=a.height)])
+        pulled = runner.invoke(app, ["annotate", "pull", *args])
+        assert pulled.exit_code == 0 and "1 accepted" in pulled.output, pulled.output
+        # a second annotator's newer annotation of the same task, rotated: it now counts, and cannot be taken
+        second = _annotate(api, tasks[a.sha256], [_box(10, 10, 20, 20, ["fish"], rotation=45, w=a.width, h=a.height)])
+        again = runner.invoke(app, ["annotate", "pull", *args])
+        assert again.exit_code == 1, again.output
+        (problem,) = [x for x in again.output.splitlines() if "rejected:" in x]
+        assert f"task {tasks[a.sha256]} " in problem and f"annotation {second['id']}" in problem
+        assert "rotated by 45" in problem and f"annotation {first['id']}" in problem
+        (held,) = [x for x in again.output.splitlines() if "now held out of training:" in x]
+        assert f"now held out of training: image {a.staged_name}" in held and "earlier pull is out of date" in held
+        ws = Workspace(ws.root)
+        assert [image.sha256 for image, *_ in ws.store.held()] == [a.sha256]
+        assert a.sha256 not in {image.sha256 for image, _ in ws.store.labels("pool")}  # training leaves it out
+        overview = runner.invoke(app, ["status", *args], env={"COLUMNS": "250"})
+        assert any("held:" in x and str(a.path) in x for x in overview.output.splitlines()), overview.output
+        # corrected in place: released
+        r = api.patch(f"/api/annotations/{second['id']}/",
+                      json={"result": [_box(30, 30, 20, 20, ["starfish"], w=a.width, h=a.height)]})
+        assert r.status_code == 200, r.text
+    fixed = runner.invoke(app, ["annotate", "pull", *args])
+    assert fixed.exit_code == 0, fixed.output
+    assert f"released: image {a.staged_name}" in fixed.output
+    ws = Workspace(ws.root)
+    assert ws.store.held() == [] and ws.store.label(a.image_id)[0][0] == 1

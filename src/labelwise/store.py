@@ -22,7 +22,7 @@ import numpy as np
 from labelwise.detections import ImageDetections, ScoredPool, csr_offsets
 
 STORE_NAME = "labelwise.db"
-SCHEMA_VERSION = 3  # 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected
+SCHEMA_VERSION = 4  # 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected; 4: held
 
 # SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
@@ -119,6 +119,10 @@ CREATE TABLE IF NOT EXISTS duplicate_skips(
     duplicate_of TEXT NOT NULL,
     similarity REAL NOT NULL
 );
+-- Labeled images kept out of training: the annotation tool now holds a newer annotation for them that cannot be
+-- taken (rejected), so the label pulled earlier is out of date. Released when a valid annotation is pulled.
+CREATE TABLE IF NOT EXISTS held(image_id INTEGER PRIMARY KEY REFERENCES images(id), round INTEGER,
+                                reason TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kv(namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
                               PRIMARY KEY (namespace, key));
 """
@@ -329,6 +333,7 @@ class Store:
         for split, state, n in self.conn.execute("SELECT split, state, COUNT(*) FROM images GROUP BY split, state"):
             out[f"{split}_{state}"] = n
         out["quarantined"] = self.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        out["held"] = self.conn.execute("SELECT COUNT(*) FROM held").fetchone()[0]
         out["duplicate_paths"] = self.conn.execute(
             "SELECT COUNT(*) FROM image_paths p JOIN images i ON i.id = p.image_id WHERE p.path != i.path"
         ).fetchone()[0]
@@ -389,12 +394,35 @@ class Store:
         row = self.conn.execute("SELECT boxes FROM labels WHERE image_id=?", (image_id,)).fetchone()
         return [tuple(b) for b in json.loads(row[0])] if row else None  # type: ignore[misc]
 
-    def labels(self, split: str) -> list[tuple[ImageRow, list[Box]]]:
+    def labels(self, split: str, *, held: bool = False) -> list[tuple[ImageRow, list[Box]]]:
+        """The labeled images of `split` with their boxes, by id. Held images (see `hold`) are left out: their label
+        is out of date, so nothing may train on it; `held=True` includes them."""
         rows = self.conn.execute(
             "SELECT i.*, l.boxes AS label_boxes FROM images i JOIN labels l ON l.image_id = i.id "
-            "WHERE i.split=? AND i.state='labeled' ORDER BY i.id", (split,)
+            "WHERE i.split=? AND i.state='labeled'"
+            + ("" if held else " AND i.id NOT IN (SELECT image_id FROM held)") + " ORDER BY i.id", (split,)
         )
         return [(_image(r), [tuple(b) for b in json.loads(r["label_boxes"])]) for r in rows]  # type: ignore[misc]
+
+    def hold(self, image_id: int, round_no: int | None, reason: str) -> bool:
+        """Keep a labeled image out of training: the annotation tool holds a newer annotation of it that cannot be
+        taken. True when it was not held before (the reason is updated either way)."""
+        with self.transaction() as c:
+            before = c.execute("SELECT 1 FROM held WHERE image_id=?", (image_id,)).fetchone()
+            c.execute("INSERT INTO held(image_id, round, reason, since) VALUES (?, ?, ?, ?) ON CONFLICT(image_id) "
+                      "DO UPDATE SET round=excluded.round, reason=excluded.reason", (image_id, round_no, reason, now()))
+        return before is None
+
+    def release(self, image_id: int) -> bool:
+        """Take an image off hold (a valid annotation was pulled); True when it was held."""
+        with self.transaction() as c:
+            return c.execute("DELETE FROM held WHERE image_id=?", (image_id,)).rowcount > 0
+
+    def held(self) -> list[tuple[ImageRow, int | None, str, str]]:
+        """(image, round, reason, since) of every held image, by id."""
+        rows = self.conn.execute("SELECT i.*, h.round AS held_round, h.reason AS held_reason, h.since AS held_since "
+                                 "FROM held h JOIN images i ON i.id = h.image_id ORDER BY i.id")
+        return [(_image(r), r["held_round"], r["held_reason"], r["held_since"]) for r in rows]
 
     def label_history_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM label_history").fetchone()[0]

@@ -56,6 +56,11 @@ class ImportReport:
     via: str = ""  # where the labels came from: the backend's name, or "import"
     next_command: str = ""
     timed_out: bool = False  # `wait` gave up before the batch was finished
+    # Images of the batch held out of training: a label of theirs was pulled before, but the annotation that now
+    # counts cannot be taken, so that label is out of date. (staged name, why), and which changed with this call.
+    held: list[tuple[str, str]] = field(default_factory=list)
+    newly_held: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # held before, a valid annotation was taken now
 
     @property
     def rejected(self) -> int:
@@ -64,8 +69,8 @@ class ImportReport:
 
     @property
     def needs_correction(self) -> bool:
-        """The round has rejected work: someone must correct it in the annotation tool before it can finish."""
-        return self.rejected > 0
+        """The round has rejected work (held images included): someone must correct it in the annotation tool."""
+        return self.rejected > 0 or bool(self.held)
 
 
 class StoreBackendState:
@@ -180,10 +185,11 @@ def check(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None) 
     current = batch(ctx)
     result = from_backend.pull(current)
     outcomes = {r["sha256"]: r["outcome"] for r in ctx.store.selection(current.round)}
-    progress = round_progress(current, result, outcomes)
+    held = held_in(ctx, current)
+    progress = round_progress(current, result, outcomes, set(held))
     report = ImportReport(pending=progress.pending or 0, round=current.round, progress=progress,
                           problems=list(result.problems), via=from_backend.name,
-                          complete=ctx.store.current_round().step == "done")
+                          complete=ctx.store.current_round().step == "done", held=list(held.values()))
     report.next_command = next_command(ctx, report)
     return report
 
@@ -236,21 +242,36 @@ class _NoBar:
         pass
 
 
-def round_progress(current: Batch, result: PullResult, outcomes: dict[str, str]) -> AnnotationProgress:
-    """Every image of the batch as one of accepted / rejected / skipped / pending: rejected when the backend
-    refuses its current annotation, else what the store took (labeled / skipped), else what the backend says."""
-    said = {o.sha256: o.status for o in result.tasks}
+def verdicts(result: PullResult) -> dict[str, str]:
+    """sha256 -> accepted / rejected / skipped / pending, as the backend judged each image it reported on."""
+    said = {o.sha256: str(o.status) for o in result.tasks}
     if not said:  # a backend (or a folder import) that reports no outcomes: from its labels and problems
         said = {lab.sha256: "accepted" if lab.status == "labeled" else "skipped" for lab in result.labels}
         said.update({p.sha256: "rejected" for p in result.problems if p.sha256 is not None and p.sha256 not in said})
+    return said
+
+
+def held_in(ctx: WorkspaceContext, current: Batch) -> dict[str, tuple[str, str]]:
+    """sha256 -> (staged name, why) of the batch's images held out of training."""
+    by_sha = current.by_sha()
+    return {image.sha256: (by_sha[image.sha256].staged_name, reason)
+            for image, _round, reason, _since in ctx.store.held() if image.sha256 in by_sha}
+
+
+def round_progress(current: Batch, result: PullResult, outcomes: dict[str, str],
+                   held: set[str] = frozenset()) -> AnnotationProgress:  # type: ignore[assignment]
+    """Every image of the batch as one of accepted / rejected / skipped / pending: rejected when the backend
+    refuses its current annotation (or the image is held), else what the store took (labeled / skipped), else what
+    the backend says."""
+    said = verdicts(result)
     counts = {"accepted": 0, "rejected": 0, "skipped": 0, "pending": 0}
     for item in current.items:
-        status = said.get(item.sha256, "pending")
+        status = "rejected" if item.sha256 in held else said.get(item.sha256, "pending")
         stored = outcomes.get(item.sha256, "pending")
         if status != "rejected":
             status = {"labeled": "accepted", "skipped": "skipped"}.get(stored, status)
         counts[status if status in counts else "pending"] += 1
-    return AnnotationProgress(total=len(current.items), **counts)
+    return AnnotationProgress(total=len(current.items), **counts, held=len(held))
 
 
 def next_command(ctx: WorkspaceContext, report: ImportReport, source: Path | None = None) -> str:
@@ -285,12 +306,29 @@ def last_pull(ctx: WorkspaceContext, round_no: int) -> dict[str, Any] | None:
 
 def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = "",
           source: Path | None = None) -> ImportReport:
-    """Write pulled labels in one transaction; complete the round when nothing is pending or rejected."""
+    """Write pulled labels in one transaction; complete the round when nothing is pending or rejected.
+
+    An image whose label was taken by an earlier pull but whose annotation that counts now is rejected (a newer,
+    invalid one) is held: kept out of training (`Store.hold`) until a valid annotation is pulled."""
     store = ctx.store
     by_sha = current.by_sha()
     report = ImportReport(problems=list(result.problems), round=current.round, via=via)
     pending_before = {r["image_id"] for r in store.selection(current.round) if r["outcome"] == "pending"}
+    said = verdicts(result)
+    first_problem: dict[str, Problem] = {}
+    for problem in result.problems:
+        if problem.sha256 is not None:
+            first_problem.setdefault(problem.sha256, problem)
     with store.transaction():
+        for sha, status in said.items():
+            item = by_sha.get(sha)
+            if status == "rejected" and item is not None and store.label(item.image_id) is not None:
+                why = first_problem.get(sha)
+                reason = (f"its label from an earlier pull is out of date: the annotation that counts now was rejected"
+                          f" ({why.where}: {why.why or why.message})" if why else
+                          "its label from an earlier pull is out of date: the annotation that counts now was rejected")
+                if store.hold(item.image_id, current.round, " ".join(reason.split())):
+                    report.newly_held.append(item.staged_name)
         for label in result.labels:
             item = by_sha.get(label.sha256)
             if item is None:
@@ -298,6 +336,8 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
                     label.sha256, label.source or "a label", why=f"it is not for an image of round "
                     f"{current.round}'s batch", fix="Ignored; nothing to do unless the image should be in the batch."))
                 continue
+            if label.status == "labeled" and store.release(item.image_id):
+                report.released.append(item.staged_name)
             if label.status == "skipped":
                 if item.image_id in pending_before:
                     store.set_outcome(current.round, item.image_id, "skipped")
@@ -316,7 +356,9 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
             crash_point("mid_import")
         selection = store.selection(current.round)
         outcomes = {r["sha256"]: r["outcome"] for r in selection}
-        report.progress = round_progress(current, result, outcomes)
+        held = held_in(ctx, current)
+        report.held = list(held.values())
+        report.progress = round_progress(current, result, outcomes, set(held))
         report.pending = sum(1 for o in outcomes.values() if o == "pending")
         # An empty batch is never complete: closing its round would open the next at once, with nothing learned.
         if (selection and report.pending == 0 and not report.needs_correction

@@ -30,6 +30,8 @@ class Status:
     annotation: Any = None  # AnnotationProgress | None
     problems: list[Any] = field(default_factory=list)  # list[Problem]
     last_pull: str | None = None  # when and how the labels were last taken back
+    # Labeled images kept out of training because the annotation that counts now was rejected: (image path, why).
+    held: list[tuple[str, str]] = field(default_factory=list)
 
 
 def stop_advice(ctx: WorkspaceContext) -> list[Any]:
@@ -132,8 +134,9 @@ def status(ctx: WorkspaceContext) -> Status:
         advice = [f"stopping advice unavailable: {exc}"]
     if current is None or current.step != "annotate":
         annotation, problems, last_pull = None, [], None
+    held = [(str(image.path), f"round {r}: {reason}") for image, r, reason, _since in ctx.store.held()]
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
-                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull)
+                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held)
 
 
 def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[Any], str | None]:
@@ -145,7 +148,7 @@ def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[An
     sel = ctx.store.selection(round_no)
     last = last_pull(ctx, round_no)
     problems = last["problems"] if last else []
-    rejected = {p.sha256 for p in problems if p.sha256 is not None}
+    rejected = {p.sha256 for p in problems if p.sha256 is not None} | {image.sha256 for image, *_ in ctx.store.held()}
     counts = {"accepted": 0, "rejected": 0, "skipped": 0, "pending": 0}
     for r in sel:
         status = "rejected" if r["sha256"] in rejected else {"labeled": "accepted"}.get(r["outcome"], r["outcome"])

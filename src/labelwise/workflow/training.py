@@ -14,12 +14,18 @@ from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point,
 
 
 def write_dataset(ctx: WorkspaceContext, round_no: int) -> Path:
-    """The round's training data as an Ultralytics dataset built from the store (symlinks + YOLO txt)."""
+    """The round's training data as an Ultralytics dataset built from the store (symlinks + YOLO txt). Held images
+    (a newer annotation of theirs was rejected, so their label is out of date) are left out, and taken out of a
+    dataset an earlier attempt of the round wrote."""
     root = ctx.round_dir(round_no) / "data"
+    held = [image for image, *_ in ctx.store.held()]
     for split, rows in (("train", ctx.store.labels("pool")), ("val", ctx.store.labels("val"))):
         img_dir, lbl_dir = root / "images" / split, root / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
+        for image in held:
+            (img_dir / f"{image.sha256[:16]}{image.path.suffix.lower()}").unlink(missing_ok=True)
+            (lbl_dir / f"{image.sha256[:16]}.txt").unlink(missing_ok=True)
         for image, boxes in rows:
             name = f"{image.sha256[:16]}{image.path.suffix.lower()}"
             link = img_dir / name

@@ -1,0 +1,110 @@
+"""The workflow side of annotation, without a server: what taking labels back reports, held images, the next command
+per backend, re-selection retiring the old batch, archives, and labels for images that were not selected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from labelwise.cli import app
+from labelwise.loop import Workspace
+
+runner = CliRunner()
+
+
+def _scenes(root: Path, n: int, seed: int) -> Path:
+    """`n` random images under root/images with a one-box YOLO label each under root/labels."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "images" / f"{i:03d}.png")
+        (root / "labels" / f"{i:03d}.txt").write_text(f"{i % 2} 0.5 0.5 0.2 0.3\n")
+    return root
+
+
+def _workspace(tmp_path: Path, n_pool: int = 12, per_round: int = 4, **settings) -> Workspace:
+    pool, val = _scenes(tmp_path / "pool", n_pool, 1), _scenes(tmp_path / "val", 3, 2)
+    Workspace.create(tmp_path / "ws", images=[pool / "images"], classes=["a", "b"], val=val / "images",
+                     model="yolo11n.yaml", budget={"per_round": per_round, "initial": per_round},
+                     **settings).ingest_sources(progress=False)
+    return Workspace(tmp_path / "ws")
+
+
+def _label_file(folder: Path, item, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{Path(item.staged_name).stem}.txt"
+    path.write_text(text)
+    return path
+
+
+# -- 2. a newer invalid annotation of an image already pulled: held out of training ---------------------------------
+
+
+def test_a_newer_invalid_label_holds_the_image_out_of_training_until_it_is_fixed(tmp_path):
+    ws = _workspace(tmp_path)
+    ws.select()
+    items = ws.batch().items
+    first = tmp_path / "first"
+    for item in items[:2]:
+        _label_file(first, item, "0 0.5 0.5 0.2 0.2\n")
+    report = ws.import_labels(first)
+    assert (report.imported, report.newly_held, report.held) == (2, [], [])
+    held_item = items[0]
+    root = ws.write_dataset(1).parent  # an earlier attempt of the round's training wrote it
+    assert held_item.sha256[:16] in {p.stem for p in (root / "images" / "train").iterdir()}
+    # the annotator replaces the first file with something that cannot be taken
+    newer = tmp_path / "newer"
+    bad = _label_file(newer, held_item, "0 0.5 0.5 1.7 0.2\n")
+    report = ws.import_labels(newer)
+    assert report.newly_held == [held_item.staged_name] and report.needs_correction
+    (name, why), = report.held
+    assert name == held_item.staged_name and "earlier pull is out of date" in why and str(bad) in why
+    assert [image.sha256 for image, *_ in ws.store.held()] == [held_item.sha256]
+    # training's dataset leaves it out (the other labeled image stays), and takes out what the earlier attempt wrote
+    ws.write_dataset(1)
+    train = {p.stem for p in (root / "images" / "train").iterdir()}
+    assert held_item.sha256[:16] not in train and items[1].sha256[:16] in train
+    assert not (root / "labels" / "train" / f"{held_item.sha256[:16]}.txt").exists()
+    assert held_item.sha256 not in {image.sha256 for image, _ in ws.store.labels("pool")}
+    assert held_item.sha256 in {image.sha256 for image, _ in ws.store.labels("pool", held=True)}
+    # the CLI says so on its own line and exits 1; status shows it
+    args = ["-w", str(ws.root)]
+    again = runner.invoke(app, ["import", str(newer), *args])
+    assert again.exit_code == 1, again.output
+    (line,) = [x for x in again.output.splitlines() if "held out of training:" in x]
+    assert f"still held out of training: image {held_item.staged_name}" in line and "once a valid annotation" in line
+    status = runner.invoke(app, ["status", *args], env={"COLUMNS": "250"})
+    assert status.exit_code == 0, status.output
+    assert "held out of training" in status.output
+    assert any("held:" in x and str(held_item.path) in x for x in status.output.splitlines())
+    # fixed: released, back in training
+    _label_file(newer, held_item, "1 0.5 0.5 0.3 0.2\n")
+    fixed = runner.invoke(app, ["import", str(newer), *args])
+    assert fixed.exit_code == 0, fixed.output
+    assert f"released: image {held_item.staged_name}" in fixed.output
+    ws = Workspace(ws.root)
+    assert ws.store.held() == [] and ws.store.label(held_item.image_id) == [(1, 0.5, 0.5, 0.3, 0.2)]
+    root = ws.write_dataset(1).parent
+    assert held_item.sha256[:16] in {p.stem for p in (root / "images" / "train").iterdir()}
+
+
+def test_a_held_image_keeps_the_round_open(tmp_path):
+    ws = _workspace(tmp_path, per_round=2)
+    ws.select()
+    a, b = ws.batch().items
+    labels = tmp_path / "labels"
+    _label_file(labels, a, "0 0.5 0.5 0.2 0.2\n")
+    assert not ws.import_labels(labels).complete
+    _label_file(labels, a, "9 0.5 0.5 0.2 0.2\n")  # class 9 of 2: refused, and a was pulled before
+    _label_file(labels, b, "1 0.5 0.5 0.2 0.2\n")
+    report = ws.import_labels(labels)
+    assert report.pending == 0 and not report.complete and ws.store.current_round().step == "annotate"
+    p = report.progress
+    assert (p.accepted, p.rejected, p.pending, p.held) == (1, 1, 0, 1)
+    _label_file(labels, a, "1 0.5 0.5 0.2 0.2\n")
+    assert ws.import_labels(labels).complete and ws.store.held() == []
