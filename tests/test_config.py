@@ -374,7 +374,8 @@ def test_status_checks_the_whole_file(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(pool / f"img{i}.png")
     runner = CliRunner()
-    assert runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(pool), "--classes", "a,b"]).exit_code == 0
+    assert runner.invoke(app, ["init", str(tmp_path / "ws"), "--images", str(pool), "--classes", "a,b",
+                               "--model", "yolo11n.yaml"]).exit_code == 0
     path = tmp_path / "ws" / CONFIG_NAME
     data = yaml.safe_load(path.read_text())
     assert data["stopping"]["patience"] == 2

@@ -253,3 +253,66 @@ def test_the_reserve_leaves_a_pool_and_tops_up_what_labeled_sources_hold_out(tmp
     val_dir = _images(tmp_path / "v", 4, seed=9)
     given = _reserve_workspace(tmp_path / "given", _images(tmp_path / "g", 80, seed=3), val=val_dir)
     assert given.store.counts()["val_unlabeled"] == 0 and given.store.counts()["val_labeled"] == 4
+
+
+# -- 6. the default model is the pretrained checkpoint; offline, init fails at once and creates nothing -------------
+
+
+OFFLINE = ("model checkpoint 'yolo26n.pt' is not on this machine and cannot be downloaded: this machine is offline. "
+           "To proceed: put the .pt file here and pass `--model PATH`")
+
+
+def _offline(monkeypatch) -> list[str]:
+    from labelwise.detectors import ultralytics
+    from labelwise.detectors.base import ModelUnavailableError
+
+    asked: list[str] = []
+
+    def check(name, weights_dir=None):
+        asked.append(name)
+        if not str(name).endswith((".yaml", ".yml")):
+            raise ModelUnavailableError(OFFLINE)
+
+    monkeypatch.setattr(ultralytics, "check_model_available", check)
+    return asked
+
+
+def test_init_defaults_to_the_pretrained_checkpoint(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+    from labelwise.detectors import ultralytics
+
+    asked: list[str] = []  # online: every model is available
+    monkeypatch.setattr(ultralytics, "check_model_available", lambda name, weights_dir=None: asked.append(name))
+    images = _images(tmp_path / "d", 3)
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "ws"), "--images", str(images), "--classes", "a"])
+    assert result.exit_code == 0, result.output
+    assert ultralytics.DEFAULT_MODEL.endswith(".pt")  # a pretrained checkpoint, not a YAML trained from scratch
+    assert Workspace(tmp_path / "ws").config.model == ultralytics.DEFAULT_MODEL
+    assert set(asked) == {ultralytics.DEFAULT_MODEL}
+
+
+def test_init_offline_fails_at_once_with_the_detectors_advice_and_creates_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+    from labelwise.detectors.base import ModelUnavailableError
+
+    _offline(monkeypatch)
+    images = _images(tmp_path / "d", 3)
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "ws"), "--images", str(images), "--classes", "a"])
+    assert result.exit_code == 2
+    assert "offline" in " ".join(result.output.split()) and "--model PATH" in result.output
+    assert not (tmp_path / "ws").exists()
+    (tmp_path / "empty").mkdir()  # a folder made beforehand stays as it was
+    assert CliRunner().invoke(app, ["init", str(tmp_path / "empty"), "--images", str(images), "--classes", "a"
+                                    ]).exit_code == 2
+    assert list((tmp_path / "empty").iterdir()) == []
+    with pytest.raises(ModelUnavailableError, match="offline"):  # the Python API too
+        Workspace.create(tmp_path / "api", images=[images], classes=["a"])
+    assert not (tmp_path / "api").exists()
+    # a model YAML needs nothing from the network
+    ok = CliRunner().invoke(app, ["init", str(tmp_path / "ws"), "--images", str(images), "--classes", "a",
+                                  "--model", "yolo11n.yaml"])
+    assert ok.exit_code == 0, ok.output

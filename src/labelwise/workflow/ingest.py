@@ -53,7 +53,9 @@ def create(root: Path, images: list[Path], classes: list[str] | None = None, dat
         "val": str(Path(val).absolute()) if val else None,
     }
     data.update(settings)
+    data.setdefault("model", default_model())
     config = config_from_dict(data, "labelwise.yaml settings")
+    check_model(config.model)  # before anything is written: offline, fail now with what to do, not hours later
     if state == "started" and not _same_settings(root, config):
         _start_over(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,21 @@ def create(root: Path, images: list[Path], classes: list[str] | None = None, dat
 
 
 _INIT_KEY = ("workspace", "init")
+
+
+def default_model() -> str:
+    """The model a new workspace starts from unless told otherwise: the detector's pretrained checkpoint (a YAML
+    would train from scratch, which needs far more labels)."""
+    from labelwise.detectors.ultralytics import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def check_model(model: str) -> None:
+    """Raise the detector's ModelUnavailableError (what to do, in words) when `model` cannot be loaded now."""
+    from labelwise.detectors import ultralytics
+
+    ultralytics.check_model_available(model)
 
 
 def init_state(root: Path) -> str | None:
