@@ -108,3 +108,47 @@ def test_a_held_image_keeps_the_round_open(tmp_path):
     assert (p.accepted, p.rejected, p.pending, p.held) == (1, 1, 0, 1)
     _label_file(labels, a, "1 0.5 0.5 0.2 0.2\n")
     assert ws.import_labels(labels).complete and ws.store.held() == []
+
+
+# -- 3. status: the next command for the configured backend; skipped images go back to the pool ----------------------
+
+
+def test_status_with_label_studio_says_push_then_wait_never_export_import(tmp_path):
+    ws = _workspace(tmp_path, annotation={"backend": "label_studio", "url": "http://127.0.0.1:9",
+                                          "document_root": str(tmp_path)})
+    ws.select()
+    s = ws.status()
+    assert s.next_command.startswith(f"labelwise annotate push -w {ws.root}") and "import" not in s.next_command
+    from labelwise.annotation.base import PushReport
+    from labelwise.workflow.annotating import record_push
+
+    record_push(ws.ctx, 1, "label_studio", PushReport(1, 4, where="Label Studio project 3"))
+    s = ws.status()
+    assert s.next_command.startswith(f"labelwise annotate wait -w {ws.root}") and "export" not in s.next_command
+    out = runner.invoke(app, ["status", "-w", str(ws.root)], env={"COLUMNS": "250"})
+    assert "labelwise annotate wait" in out.output and "labelwise export" not in out.output
+
+
+def test_skipped_images_go_back_to_the_pool_and_are_not_counted_as_labeled(tmp_path):
+    ws = _workspace(tmp_path)
+    args = ["-w", str(ws.root)]
+    assert ws.status().next_command.startswith("labelwise select")
+    ws.select()
+    assert ws.status().next_command.startswith(f"labelwise export -w {ws.root}")
+    folder = ws.export()
+    assert ws.status().next_command == (f"put one YOLO txt per image in {folder / 'labels'}, then: "
+                                        f"labelwise import {folder / 'labels'} -w {ws.root}")
+    a, b, *_ = ws.batch().items
+    _label_file(folder / "labels", a, "0 0.5 0.5 0.2 0.2\n")
+    (folder / "skipped.txt").write_text(f"{b.staged_name}\n")
+    pulled = runner.invoke(app, ["annotate", "pull", *args])
+    assert pulled.exit_code == 0, pulled.output
+    assert "pulled 1 label(s), 1 newly skipped; 2/4 done (1 accepted, 1 skipped), 0 rejected, 2 pending" in \
+        pulled.output
+    ws = Workspace(ws.root)
+    s = ws.status()
+    assert "2/4 selected images done (1 labeled, 1 skipped and back in the pool), 0 rejected, 2 pending" in s.message
+    assert s.counts["pool_labeled"] == 1  # the skipped image is not labeled ...
+    assert ws.store.image_by_sha(b.sha256).state == "unlabeled"  # ... it is back in the pool
+    table = runner.invoke(app, ["status", *args], env={"COLUMNS": "250"})
+    assert "1 labeled, 1 skipped" in table.output

@@ -46,6 +46,9 @@ def test_cli_round_trip_through_label_studio(tmp_path, ls):
     assert "waiting for annotations of round 1: 0/3" in result.output
     again = runner.invoke(app, ["annotate", "push", *args])  # idempotent
     assert again.exit_code == 0, again.output
+    # the next step is Label Studio's, not the folder backend's export / import
+    status = Workspace(tmp_path / "ws").status()
+    assert status.next_command.startswith("labelwise annotate wait") and "import" not in status.next_command
     ws = Workspace(tmp_path / "ws")
     pid = ws.backend().project_id
     with ls.client() as api:

@@ -155,6 +155,8 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
                                f"{a.rejected} rejected, {a.pending} pending")
     table.add_row("last mAP50", "-" if s.last_map50 is None else f"{s.last_map50:.3f}")
     table.add_row("quarantined", str(c["quarantined"]))
+    if s.held:
+        table.add_row("held out of training", str(len(s.held)))
     table.add_row("duplicate files", str(c["duplicate_paths"]))
     table.add_row("state", s.message)
     table.add_row("next", f"[bold]{s.next_command}[/bold]")
@@ -170,6 +172,10 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     if s.problems:
         out.print(f"[yellow]rejected annotations[/yellow] (as of the last pull, {escape(s.last_pull or '?')}):")
         _print_problems(s.problems)
+    if s.held:
+        out.print("[yellow]held out of training[/yellow] (a valid annotation pulled releases them):")
+        for path, why in s.held:
+            err.print(f"  [yellow]held:[/yellow] {escape(path)} ({escape(why)})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -245,7 +251,7 @@ def run(workspace: WorkspaceOpt = Path("."),
 
     def on_labels(report: ImportReport) -> None:
         pulls.append(report)
-        if report.imported or report.skipped or report.problems:
+        if report.imported or report.skipped or report.problems or report.held or report.released:
             _print_labels(report, "pulled", next_line=False)
 
     reason = ws.run(oracle=oracle, rounds=rounds, on_round=_print_round, on_labels=on_labels)
@@ -268,6 +274,18 @@ def _print_problems(problems) -> None:
         err.print(f"  [yellow]rejected:[/yellow] {escape(str(problem))}", highlight=False, soft_wrap=True)
 
 
+def _print_held(report: ImportReport) -> None:
+    """Images held out of training (their pulled label is out of date), and those a valid annotation released."""
+    newly = set(report.newly_held)
+    for name, why in report.held:
+        state = "now held out of training" if name in newly else "still held out of training"
+        err.print(f"  [yellow]{state}:[/yellow] image {escape(name)}: {escape(why)}; it trains again once a valid "
+                  "annotation is pulled", highlight=False, soft_wrap=True)
+    for name in report.released:
+        out.print(f"  released: image {escape(name)} has a valid annotation again and is back in training",
+                  highlight=False, soft_wrap=True)
+
+
 def _print_labels(report: ImportReport, what: str, *, next_line: bool = True) -> None:
     """What a pull / import took, where the round stands, every problem, and what to run next."""
     p = report.progress
@@ -279,6 +297,7 @@ def _print_labels(report: ImportReport, what: str, *, next_line: bool = True) ->
         out.print(f"[yellow]{len(report.problems)} problem(s)[/yellow]: the image(s) stay in the batch until "
                   "corrected")
     _print_problems(report.problems)
+    _print_held(report)
     if report.complete:
         out.print(f"round complete: every image of round {report.round} is labeled or skipped")
     if next_line:
@@ -336,6 +355,7 @@ def annotate_status(workspace: WorkspaceOpt = Path(".")) -> None:
     out.print(f"round {report.round}: {p.done}/{p.total} done ({p.accepted} accepted, {p.skipped} skipped), "
               f"{p.rejected} rejected, {p.pending} pending", highlight=False)
     _print_problems(report.problems)
+    _print_held(report)
     out.print(f"next: {escape(report.next_command)}", highlight=False, soft_wrap=True)
 
 

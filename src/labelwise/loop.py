@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labelwise.annotation.base import AnnotationBackend, Batch, PullResult
+from labelwise.annotation.base import AnnotationBackend, Batch, PullResult, PushReport
 from labelwise.config import WorkspaceConfig, load_config
 from labelwise.detectors.base import Detector
 from labelwise.store import STORE_NAME, Store
@@ -155,6 +155,9 @@ class Workspace:
 
     def import_labels(self, folder: Path) -> ImportReport:
         return annotating.import_labels(self.ctx, folder)
+
+    def push(self, backend: AnnotationBackend | None = None) -> PushReport | None:
+        return annotating.push(self.ctx, backend)
 
     def pull(self, backend: AnnotationBackend | None = None) -> ImportReport:
         return annotating.pull(self.ctx, backend)

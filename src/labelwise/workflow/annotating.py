@@ -24,6 +24,7 @@ from labelwise.annotation.base import (
     BatchItem,
     Problem,
     PullResult,
+    PushReport,
 )
 from labelwise.fileio import atomic_write_text
 from labelwise.store import Store
@@ -148,6 +149,33 @@ def export(ctx: WorkspaceContext) -> Path:
     elif manifest.exists():  # from an earlier selection of this round that did skip duplicates
         manifest.unlink()
     return folder_backend.folder(current)
+
+
+def finished(ctx: WorkspaceContext, round_no: int) -> set[str]:
+    """sha256 of the round's images the store has a final outcome for (labeled or skipped)."""
+    return {r["sha256"] for r in ctx.store.selection(round_no) if r["outcome"] in ("labeled", "skipped")}
+
+
+def push(ctx: WorkspaceContext, to_backend: AnnotationBackend | None = None) -> PushReport | None:
+    """Send the current batch to the backend (idempotent; images already labeled or skipped are not sent anew) and
+    record that it was pushed, and where."""
+    to_backend = to_backend or backend(ctx)
+    current = batch(ctx)
+    report = to_backend.push(current, finished=finished(ctx, current.round))
+    record_push(ctx, current.round, to_backend.name, report)
+    return report
+
+
+def record_push(ctx: WorkspaceContext, round_no: int, name: str, report: PushReport | None) -> None:
+    before = pushed(ctx, round_no) or {}
+    ctx.store.kv_set(KV, f"round/{round_no}/pushed", {
+        "at": before.get("at") or time.strftime("%Y-%m-%dT%H:%M:%S"), "backend": name,
+        "where": (report.where if report is not None else "") or before.get("where", "")})
+
+
+def pushed(ctx: WorkspaceContext, round_no: int) -> dict[str, Any] | None:
+    """{"at", "backend", "where"} of the round's first push, or None when it was not pushed (by this version)."""
+    return ctx.store.kv_get(KV, f"round/{round_no}/pushed")
 
 
 def configured_backend(ctx: WorkspaceContext) -> str:

@@ -52,9 +52,8 @@ def step(ctx: WorkspaceContext) -> str | None:
 
 def annotate(ctx: WorkspaceContext) -> annotating.ImportReport:
     """The annotate step: push the batch to the configured backend (idempotent), then take back what is finished."""
-    batch = annotating.batch(ctx)
     backend = annotating.backend(ctx)
-    backend.push(batch)
+    annotating.push(ctx, backend)
     crash_point("after_push")
     return annotating.pull(ctx, backend)
 

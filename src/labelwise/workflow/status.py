@@ -117,7 +117,7 @@ def status(ctx: WorkspaceContext) -> Status:
                   + cold_start_plan(ctx)))
     elif current.step == "annotate":
         annotation, problems, last_pull = annotation_state(ctx, current.round)
-        step, cmd = "annotate", "labelwise export  (then label, then)  labelwise import LABELS"
+        step, cmd = "annotate", annotate_command(ctx, current.round, annotation)
         a = annotation
         msg = (f"round {current.round}: {a.done}/{a.total} selected images done ({a.accepted} labeled, {a.skipped} "
                f"skipped and back in the pool), {a.rejected} rejected, {a.pending} pending")
@@ -137,6 +137,30 @@ def status(ctx: WorkspaceContext) -> Status:
     held = [(str(image.path), f"round {r}: {reason}") for image, r, reason, _since in ctx.store.held()]
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
                   ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held)
+
+
+def annotate_command(ctx: WorkspaceContext, round_no: int, progress: Any) -> str:
+    """The next command while a batch is out, for the backend labelwise.yaml configures: the folder backend exports
+    and imports files; Label Studio and CVAT push, then wait (which pulls). Rejected work comes first."""
+    from labelwise.workflow.annotating import TOOL, configured_backend, pushed
+
+    name = configured_backend(ctx)
+    ws = f"-w {ctx.root}"
+    tool = TOOL.get(name, name)
+    if name == "folder":
+        folder = Path(dict(ctx.config.annotation or {}).get("path") or ctx.root / "annotation") / f"round-{round_no:03d}"
+        labels = folder / "labels"
+        if progress.rejected:
+            return f"fix the rejected label files listed below, then: labelwise import {labels} {ws}"
+        if (folder / "manifest.json").exists():
+            return f"put one YOLO txt per image in {labels}, then: labelwise import {labels} {ws}"
+        return f"labelwise export {ws}  (then label, then)  labelwise import LABELS {ws}"
+    if pushed(ctx, round_no) is None:
+        return f"labelwise annotate push {ws}  (sends the batch to {tool}; then labelwise annotate wait {ws})"
+    if progress.rejected:
+        return (f"correct the {progress.rejected} rejected image(s) in {tool} (listed below), then: "
+                f"labelwise annotate pull {ws}")
+    return f"labelwise annotate wait {ws}  (pulls when {tool} has the batch done; then labelwise run {ws})"
 
 
 def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[Any], str | None]:
