@@ -341,7 +341,7 @@ def annotate_push(workspace: WorkspaceOpt = Path("."),
         if forget is None:
             raise AnnotationError(f"--new-project only applies to Label Studio, not the {backend.name} backend")
         forget()
-    backend.push(ws.batch())
+    ws.push(backend)
     out.print(f"pushed round {ws.batch().round} to {backend.name}")
 
 
