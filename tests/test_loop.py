@@ -188,15 +188,26 @@ def test_real_kill_9_during_training_resumes(tmp_path, scenes):
 
 
 def test_unreadable_model_gives_an_offline_hint(tmp_path, scenes):
+    from labelwise.config import save_config
     from labelwise.detectors.base import DetectorError
 
+    # offline, a checkpoint that is not here is refused when the workspace is created, before anything is written
+    with pytest.raises(DetectorError, match="yolo11n.yaml"):
+        make_workspace(tmp_path / "ws0", scenes, model="yolo11n.pt")
+    assert not (tmp_path / "ws0").exists()
+
+    def named_later(root: Path, **settings) -> Workspace:  # labelwise.yaml edited to name it after init
+        ws = make_workspace(root, scenes, **settings)
+        ws.config.model = "yolo11n.pt"
+        save_config(ws.root, ws.config)
+        return ws
+
     # the default cold start embeds the pool with the checkpoint, so offline it fails at the first selection
-    ws = make_workspace(tmp_path / "ws", scenes, model="yolo11n.pt")
+    ws = named_later(tmp_path / "ws")
     with pytest.raises(DetectorError, match="yolo11n.yaml"):
         ws.run(oracle=scenes / "train" / "labels", rounds=1)
     # a random cold start needs no model; the training then fails the same way
-    ws = make_workspace(tmp_path / "ws2", scenes, model="yolo11n.pt", strategy={"name": "hybrid",
-                                                                              "cold_start": "random"})
+    ws = named_later(tmp_path / "ws2", strategy={"name": "hybrid", "cold_start": "random"})
     ws.run(oracle=scenes / "train" / "labels", rounds=1)
     with pytest.raises(DetectorError, match="yolo11n.yaml"):
         ws.train()
