@@ -152,3 +152,38 @@ def test_skipped_images_go_back_to_the_pool_and_are_not_counted_as_labeled(tmp_p
     assert ws.store.image_by_sha(b.sha256).state == "unlabeled"  # ... it is back in the pool
     table = runner.invoke(app, ["status", *args], env={"COLUMNS": "250"})
     assert "1 labeled, 1 skipped" in table.output
+
+
+# -- 4. selecting again takes the earlier batch's unlabeled tasks back, and says which ------------------------------
+
+
+def test_selecting_again_retires_the_earlier_batch_and_prints_which(tmp_path):
+    ws = _workspace(tmp_path)
+    args = ["-w", str(ws.root)]
+    assert runner.invoke(app, ["select", *args]).exit_code == 0
+    exported = runner.invoke(app, ["export", *args])
+    assert exported.exit_code == 0, exported.output
+    ws = Workspace(ws.root)
+    old = ws.batch().items
+    folder = ws.root / "annotation" / "round-001"
+    again = runner.invoke(app, ["select", *args, "--k", "2"])
+    assert again.exit_code == 0, again.output
+    new = {r["sha256"] for r in Workspace(ws.root).store.selection(1)}
+    gone = [i for i in old if i.sha256 not in new]
+    assert len(new) == 2 and len(gone) == 2
+    assert f"earlier batch of round 1 in {folder}: removed 2 unlabeled task(s), kept 2, 0 not there" in again.output
+    for item in old:
+        state = "kept, asked to keep it" if item.sha256 in new else "removed, no label file"
+        assert f"images/{item.staged_name}: {state}" in again.output
+    assert {p.name for p in (folder / "images").iterdir()} == {i.staged_name for i in old if i.sha256 in new}
+    assert set((folder / "retired.txt").read_text().split()) == {i.staged_name for i in gone}
+    assert f"next: labelwise export -w {ws.root}" in again.output  # not pushed since: stage it again
+
+
+def test_a_batch_never_pushed_retires_nothing_and_needs_no_server(tmp_path):
+    ws = _workspace(tmp_path, annotation={"backend": "label_studio", "url": "http://127.0.0.1:9",
+                                          "document_root": str(tmp_path)})
+    ws.select()
+    seen = []
+    ws.select(k=2, on_retire=lambda where, report: seen.append(report))  # no server at :9, and none asked
+    assert seen == [] and len(ws.store.selection(1)) == 2

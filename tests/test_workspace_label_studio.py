@@ -248,3 +248,34 @@ def test_a_newer_invalid_annotation_of_a_pulled_task_is_reported_and_held_out_of
     assert f"released: image {a.staged_name}" in fixed.output
     ws = Workspace(ws.root)
     assert ws.store.held() == [] and ws.store.label(a.image_id)[0][0] == 1
+
+
+def test_selecting_again_deletes_the_earlier_batchs_unlabeled_tasks_in_label_studio(tmp_path, ls):
+    ws = _workspace(tmp_path, ls, n_images=8, per_round=4)
+    args = ["-w", str(ws.root)]
+    assert runner.invoke(app, ["run", *args]).exit_code == 0  # selects 4 and pushes them
+    ws = Workspace(ws.root)
+    old = sorted(ws.batch().items, key=lambda i: i.rank)
+    assert len(old) == 4
+    backend = ws.backend()
+    pid, tasks = backend.project_id, backend._round_tasks(1)
+    with ls.client() as api:
+        # the same seeded cold start picks the first two again; the fourth image was annotated, never pulled
+        _annotate(api, tasks[old[3].sha256], [_box(10, 10, 20, 20, ["fish"], w=old[3].width, h=old[3].height)])
+        again = runner.invoke(app, ["select", *args, "--k", "2"])
+        assert again.exit_code == 0, again.output
+        new = {r["sha256"] for r in Workspace(ws.root).store.selection(1)}
+        assert new == {old[0].sha256, old[1].sha256}
+        assert "earlier batch of round 1 in Label Studio: removed 1 unlabeled task(s), kept 3, 0 not there" in \
+            again.output
+        assert f"task {tasks[old[2].sha256]} (image {old[2].staged_name}): deleted, nobody had annotated it" in \
+            again.output
+        assert f"task {tasks[old[3].sha256]} (image {old[3].staged_name}): kept, 1 annotation(s)" in again.output
+        assert "1 image(s) of the earlier batch were annotated in Label Studio but are not in the new batch" in \
+            again.output
+        left = {t["id"] for t in api.get("/api/tasks", params={"project": pid, "page_size": 100}).json()["tasks"]}
+        assert left == {tasks[old[0].sha256], tasks[old[1].sha256], tasks[old[3].sha256]}
+    pushed = runner.invoke(app, ["annotate", "push", *args])  # the new batch: its two tasks are there already
+    assert pushed.exit_code == 0, pushed.output
+    status = runner.invoke(app, ["annotate", "status", *args])
+    assert "round 1: 0/2 done (0 accepted, 0 skipped), 0 rejected, 2 pending" in status.output, status.output

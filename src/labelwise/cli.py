@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from labelwise.annotation.base import AnnotationError
+from labelwise.annotation.base import AnnotationError, RetireReport
 from labelwise.config import ConfigError
 from labelwise.detectors import ultralytics as yolo  # DEFAULT_MODEL, check_model_available; imports no ultralytics
 from labelwise.detectors.base import DetectorError
@@ -206,15 +206,33 @@ def score(workspace: WorkspaceOpt = Path("."), threads: ThreadsOpt = None) -> No
 def select(workspace: WorkspaceOpt = Path("."),
            k: Annotated[Optional[int], typer.Option("--k", help="Batch size (default: budget.per_round).")] = None,
            strategy: Annotated[Optional[str], typer.Option(help="Override the round's strategy.")] = None) -> None:
-    """Pick the round's batch."""
-    rows = Workspace(workspace).select(k=k, strategy=strategy)
+    """Pick the round's batch. Picking again takes the earlier batch's unlabeled tasks back from the annotation tool
+    (and says which)."""
+    ws = Workspace(workspace)
+    retired: list[tuple[str, RetireReport]] = []
+    rows = ws.select(k=k, strategy=strategy, on_retire=lambda where, report: retired.append((where, report)))
     table = Table(title=f"selected {len(rows)} images")
     for col in ("rank", "score", "image", "reason"):
         table.add_column(col)
     for r in rows[:15]:
         table.add_row(str(r["rank"]), f"{r['score']:.3f}", Path(r["path"]).name, r["reason"])
     out.print(table)
-    out.print("next: labelwise export")
+    for where, report in retired:
+        _print_retired(where, report, {r["sha256"] for r in rows})
+    out.print(f"next: {escape(ws.status().next_command)}", highlight=False, soft_wrap=True)
+
+
+def _print_retired(where: str, report: RetireReport, new_batch: set[str]) -> None:
+    """What re-selecting took back from the annotators: one line per image of the earlier batch."""
+    out.print(f"earlier batch of round {report.round} in {escape(where)}: removed {len(report.removed)} unlabeled "
+              f"task(s), kept {len(report.kept)}, {len(report.missing)} not there", highlight=False, soft_wrap=True)
+    for line in report.details:
+        out.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    dropped = set(report.kept) - new_batch
+    if dropped:
+        err.print(f"  [yellow]note:[/yellow] {len(dropped)} image(s) of the earlier batch were annotated in "
+                  f"{escape(where)} but are not in the new batch: their work stays there and is not taken (pull "
+                  "before selecting again to keep it)", highlight=False, soft_wrap=True)
 
 
 @app.command()

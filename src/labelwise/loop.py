@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labelwise.annotation.base import AnnotationBackend, Batch, PullResult, PushReport
+from labelwise.annotation.base import AnnotationBackend, Batch, PullResult, PushReport, RetireReport
 from labelwise.config import WorkspaceConfig, load_config
 from labelwise.detectors.base import Detector
 from labelwise.store import STORE_NAME, Store
@@ -139,8 +139,9 @@ class Workspace:
     def _agreement_with_previous(self, current: Any, stop_set_size: int = 200, conf: float = 0.25) -> float | None:
         return scoring.agreement_with_previous(self.ctx, current, stop_set_size=stop_set_size, conf=conf)
 
-    def select(self, k: int | None = None, strategy: str | dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return selecting.select(self.ctx, k=k, strategy=strategy)
+    def select(self, k: int | None = None, strategy: str | dict[str, Any] | None = None,
+               on_retire: Callable[[str, RetireReport], None] | None = None) -> list[dict[str, Any]]:
+        return selecting.select(self.ctx, k=k, strategy=strategy, on_retire=on_retire)
 
     # -- annotation ----------------------------------------------------------------------------------------------
 

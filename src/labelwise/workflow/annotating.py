@@ -25,6 +25,7 @@ from labelwise.annotation.base import (
     Problem,
     PullResult,
     PushReport,
+    RetireReport,
 )
 from labelwise.fileio import atomic_write_text
 from labelwise.store import Store
@@ -128,7 +129,7 @@ def export(ctx: WorkspaceContext) -> Path:
 
     current = batch(ctx)
     folder_backend = FolderBackend(ctx.root / "annotation")
-    folder_backend.push(current)
+    record_push(ctx, current.round, "folder", folder_backend.push(current))
     duplicates = ctx.store.duplicate_skips(current.round)
     manifest = folder_backend.folder(current) / "duplicates_skipped.csv"
     if duplicates:
@@ -167,15 +168,36 @@ def push(ctx: WorkspaceContext, to_backend: AnnotationBackend | None = None) -> 
 
 
 def record_push(ctx: WorkspaceContext, round_no: int, name: str, report: PushReport | None) -> None:
-    before = pushed(ctx, round_no) or {}
-    ctx.store.kv_set(KV, f"round/{round_no}/pushed", {
+    """Record that the round's batch went to backend `name` (export records the folder backend)."""
+    before = pushed(ctx, round_no, name) or {}
+    ctx.store.kv_set(KV, f"round/{round_no}/pushed/{name}", {
         "at": before.get("at") or time.strftime("%Y-%m-%dT%H:%M:%S"), "backend": name,
         "where": (report.where if report is not None else "") or before.get("where", "")})
 
 
-def pushed(ctx: WorkspaceContext, round_no: int) -> dict[str, Any] | None:
-    """{"at", "backend", "where"} of the round's first push, or None when it was not pushed (by this version)."""
-    return ctx.store.kv_get(KV, f"round/{round_no}/pushed")
+def pushed(ctx: WorkspaceContext, round_no: int, name: str | None = None) -> dict[str, Any] | None:
+    """{"at", "backend", "where"} of the round's first push to `name` (default: the configured backend), or None
+    when it was not pushed there (by this version of labelwise)."""
+    return ctx.store.kv_get(KV, f"round/{round_no}/pushed/{name or configured_backend(ctx)}")
+
+
+def retire(ctx: WorkspaceContext, old: Batch, keep: set[str]) -> list[tuple[str, RetireReport]]:
+    """After a re-selection of `old`'s round: take the old batch's unlabeled work out of the annotators' reach
+    wherever it was pushed (the configured backend; the exported folder), keeping the images in `keep` (the new
+    batch's). Returns (where, report) per place. Raises AnnotationError when a backend cannot be reached."""
+    from labelwise.annotation.folder import FolderBackend
+
+    done: list[tuple[str, RetireReport]] = []
+    name = configured_backend(ctx)
+    places: list[tuple[str, AnnotationBackend]] = []
+    if pushed(ctx, old.round, name) is not None and name != "folder":
+        places.append((TOOL.get(name, name), backend(ctx)))
+    staged = pushed(ctx, old.round, "folder")
+    if staged is not None and staged.get("where"):  # the round's folder: the export, or the folder backend's push
+        places.append((staged["where"], FolderBackend(Path(staged["where"]).parent)))
+    for where, be in places:
+        done.append((where, be.retire(old, keep=keep)))
+    return done
 
 
 def configured_backend(ctx: WorkspaceContext) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,15 @@ VALIDATION_REASON = ("validation: part of the random sample held out at init to 
                      "label it like the others (it is never trained on)")
 
 
-def select(ctx: WorkspaceContext, k: int | None = None,
-           strategy: str | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str, Any] | None = None,
+           on_retire: Callable[[str, Any], None] | None = None) -> list[dict[str, Any]]:
     """Pick the round's batch (or pick it again while none of it is labeled) and save it with every score
-    component and reason, in one transaction."""
+    component and reason, in one transaction.
+
+    Picking again: before the new batch is saved, the old batch's unlabeled tasks are taken back wherever the round
+    was pushed (`annotating.retire`; images also in the new batch are kept), so nobody labels images that are no
+    longer wanted; `on_retire(where, RetireReport)` hears what was removed and kept. When a backend cannot be
+    reached nothing changes and the error says so."""
     from labelwise.selection import LabeledContext, StrategyConfig, cold_start_select
     from labelwise.selection import select as core_select
 
@@ -139,6 +145,8 @@ def select(ctx: WorkspaceContext, k: int | None = None,
     # strategy's picks; no strategy ever sees it (it is split 'val', and candidates are split 'pool').
     picks += [(image_id, rank, 0.0, {"validation": 1.0}, VALIDATION_REASON)
               for rank, image_id in enumerate(reserved_for_batch(ctx, round_no), start=len(picks) + 1)]
+    if step == "annotate":
+        retire_old_batch(ctx, round_no, {int(p[0]) for p in picks}, on_retire)
     crash_point("before_save_selection")
     with ctx.store.transaction() as c:  # the old batch back to the pool, the new one in, the record: atomic
         if step == "annotate":
@@ -147,7 +155,27 @@ def select(ctx: WorkspaceContext, k: int | None = None,
         if json.dumps(spec) != (current.strategy or ""):
             ctx.store.update_round(round_no, strategy=json.dumps(spec))
         ctx.store.save_selection(round_no, picks, skipped, next_step="annotate")
+        ctx.store.kv_set("annotation", f"round/{round_no}/last_pull", None)  # the old batch's problems
     return ctx.store.selection(round_no)
+
+
+def retire_old_batch(ctx: WorkspaceContext, round_no: int, new_ids: set[int],
+                     on_retire: Callable[[str, Any], None] | None) -> None:
+    """Take the round's old batch back from where it was pushed before a new one replaces it."""
+    from labelwise.annotation.base import AnnotationError
+    from labelwise.workflow import annotating
+
+    old = annotating.batch(ctx, round_no)
+    keep = {ctx.store.image(i).sha256 for i in new_ids}
+    try:
+        reports = annotating.retire(ctx, old, keep)
+    except AnnotationError as exc:
+        raise LoopError(f"round {round_no}'s earlier batch could not be taken back from the annotators: {exc} "
+                        "Nothing changed (the earlier batch stands); run `labelwise select` again once the "
+                        "annotation tool answers.") from None
+    for where, report in reports:
+        if on_retire is not None:
+            on_retire(where, report)
 
 
 def backfill_missing_hashes(ctx: WorkspaceContext) -> int:

@@ -152,7 +152,7 @@ def annotate_command(ctx: WorkspaceContext, round_no: int, progress: Any) -> str
         labels = folder / "labels"
         if progress.rejected:
             return f"fix the rejected label files listed below, then: labelwise import {labels} {ws}"
-        if (folder / "manifest.json").exists():
+        if staged_batch(folder) == {r["sha256"] for r in ctx.store.selection(round_no)}:
             return f"put one YOLO txt per image in {labels}, then: labelwise import {labels} {ws}"
         return f"labelwise export {ws}  (then label, then)  labelwise import LABELS {ws}"
     if pushed(ctx, round_no) is None:
@@ -161,6 +161,14 @@ def annotate_command(ctx: WorkspaceContext, round_no: int, progress: Any) -> str
         return (f"correct the {progress.rejected} rejected image(s) in {tool} (listed below), then: "
                 f"labelwise annotate pull {ws}")
     return f"labelwise annotate wait {ws}  (pulls when {tool} has the batch done; then labelwise run {ws})"
+
+
+def staged_batch(folder: Path) -> set[str] | None:
+    """sha256 of the images a staged round folder holds (its manifest), None when there is none."""
+    try:
+        return {row["sha256"] for row in json.loads((folder / "manifest.json").read_text())["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[Any], str | None]:
