@@ -279,3 +279,33 @@ def test_selecting_again_deletes_the_earlier_batchs_unlabeled_tasks_in_label_stu
     assert pushed.exit_code == 0, pushed.output
     status = runner.invoke(app, ["annotate", "status", *args])
     assert "round 1: 0/2 done (0 accepted, 0 skipped), 0 rejected, 2 pending" in status.output, status.output
+
+
+def test_push_to_a_new_project_sends_only_the_rounds_unfinished_images(tmp_path, ls):
+    ws = _workspace(tmp_path, ls, n_images=6, per_round=4)
+    args = ["-w", str(ws.root)]
+    assert runner.invoke(app, ["select", *args]).exit_code == 0
+    first = runner.invoke(app, ["annotate", "push", *args])
+    assert first.exit_code == 0, first.output
+    ws = Workspace(ws.root)
+    items = sorted(ws.batch().items, key=lambda i: i.rank)
+    backend = ws.backend()
+    old, tasks = backend.project_id, backend._round_tasks(1)
+    assert f"pushed round 1: sent 4 image(s) to Label Studio project {old} at {ls.url}" in first.output
+    with ls.client() as api:
+        _annotate(api, tasks[items[0].sha256], [_box(10, 10, 20, 20, ["fish"], w=items[0].width, h=items[0].height)])
+        r = api.post(f"/api/tasks/{tasks[items[1].sha256]}/annotations", json={"result": [], "was_cancelled": True})
+        assert r.status_code == 201, r.text
+        assert runner.invoke(app, ["annotate", "pull", *args]).exit_code == 0
+        assert api.delete(f"/api/projects/{old}/").status_code == 204  # deleted by someone, mid-round
+        again = runner.invoke(app, ["annotate", "push", *args, "--new-project"])
+        assert again.exit_code == 0, again.output
+        new = Workspace(ws.root).backend().project_id
+        assert new != old
+        assert f"pushed round 1: sent 2 image(s), 2 finished image(s) left out to Label Studio project {new}" in \
+            again.output
+        on_server = {t["data"]["labelwise_sha256"]
+                     for t in api.get("/api/tasks", params={"project": new, "page_size": 100}).json()["tasks"]}
+        assert on_server == {items[2].sha256, items[3].sha256}  # the labeled and the skipped image are not re-sent
+    status = runner.invoke(app, ["annotate", "status", *args])
+    assert "round 1: 2/4 done (1 accepted, 1 skipped), 0 rejected, 2 pending" in status.output, status.output

@@ -350,17 +350,17 @@ def _print_round(summary: RoundSummary) -> None:
 def annotate_push(workspace: WorkspaceOpt = Path("."),
                   new_project: Annotated[bool, typer.Option(
                       "--new-project", help="Label Studio: forget the remembered project (e.g. it was deleted) "
-                                            "and create a new one.")] = False) -> None:
-    """Send the batch (with the model's boxes as pre-annotations) to the configured backend."""
+                                            "and create a new one with the round's unfinished images only.")
+                  ] = False) -> None:
+    """Send the batch (with the model's boxes as pre-annotations) to the configured backend; images already labeled
+    or skipped are not sent anew."""
     ws = Workspace(workspace)
-    backend = ws.backend()
-    if new_project:
-        forget = getattr(backend, "forget_project", None)
-        if forget is None:
-            raise AnnotationError(f"--new-project only applies to Label Studio, not the {backend.name} backend")
-        forget()
-    ws.push(backend)
-    out.print(f"pushed round {ws.batch().round} to {backend.name}")
+    report = ws.push(new_project=new_project)
+    if report is None:
+        out.print(f"pushed round {ws.batch().round} to {ws.backend().name}")
+    else:
+        out.print(f"pushed {escape(str(report))}", highlight=False, soft_wrap=True)
+    out.print(f"next: {escape(ws.status().next_command)}", highlight=False, soft_wrap=True)
 
 
 @annotate_app.command("status")

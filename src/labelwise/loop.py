@@ -157,8 +157,8 @@ class Workspace:
     def import_labels(self, folder: Path) -> ImportReport:
         return annotating.import_labels(self.ctx, folder)
 
-    def push(self, backend: AnnotationBackend | None = None) -> PushReport | None:
-        return annotating.push(self.ctx, backend)
+    def push(self, backend: AnnotationBackend | None = None, *, new_project: bool = False) -> PushReport | None:
+        return annotating.push(self.ctx, backend, new_project=new_project)
 
     def pull(self, backend: AnnotationBackend | None = None) -> ImportReport:
         return annotating.pull(self.ctx, backend)

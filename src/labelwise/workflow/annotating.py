@@ -157,12 +157,23 @@ def finished(ctx: WorkspaceContext, round_no: int) -> set[str]:
     return {r["sha256"] for r in ctx.store.selection(round_no) if r["outcome"] in ("labeled", "skipped")}
 
 
-def push(ctx: WorkspaceContext, to_backend: AnnotationBackend | None = None) -> PushReport | None:
+def push(ctx: WorkspaceContext, to_backend: AnnotationBackend | None = None, *,
+         new_project: bool = False) -> PushReport | None:
     """Send the current batch to the backend (idempotent; images already labeled or skipped are not sent anew) and
-    record that it was pushed, and where."""
+    record that it was pushed, and where. `new_project` (Label Studio): forget the recorded project and send the
+    round's unfinished images to a new one."""
+    from labelwise.annotation.base import AnnotationError
+
     to_backend = to_backend or backend(ctx)
     current = batch(ctx)
-    report = to_backend.push(current, finished=finished(ctx, current.round))
+    done = finished(ctx, current.round)
+    if new_project:
+        to_new = getattr(to_backend, "push_to_new_project", None)
+        if to_new is None:
+            raise AnnotationError(f"--new-project only applies to Label Studio, not the {to_backend.name} backend")
+        report = to_new(current, finished=done)
+    else:
+        report = to_backend.push(current, finished=done)
     record_push(ctx, current.round, to_backend.name, report)
     return report
 
