@@ -187,3 +187,98 @@ def test_a_batch_never_pushed_retires_nothing_and_needs_no_server(tmp_path):
     seen = []
     ws.select(k=2, on_retire=lambda where, report: seen.append(report))  # no server at :9, and none asked
     assert seen == [] and len(ws.store.selection(1)) == 2
+
+
+# -- 6. a push is not labeled work: run waits after pushing; a pull takes only what the backend marks accepted -------
+
+
+class EagerBackend:
+    """A backend that lists the model's pre-annotations as finished labels as soon as it has the batch, as the
+    live CVAT backend once did, and judges every task as `verdict`."""
+
+    name = "cvat"
+
+    def __init__(self, verdict: str = "accepted"):
+        from labelwise.annotation.base import AnnotatedImage
+
+        self.verdict, self.pushes, self.batch, self.Annotated = verdict, 0, None, AnnotatedImage
+
+    def push(self, batch, *, finished=()):
+        from labelwise.annotation.base import PushReport
+
+        self.pushes += 1
+        sent = 0 if self.batch is not None else len(batch.items)
+        self.batch = batch
+        return PushReport(batch.round, sent, len(batch.items) - sent, where="CVAT task 7 at http://cvat.test")
+
+    def pull(self, batch):
+        from labelwise.annotation.base import PullResult, TaskOutcome
+
+        labels = tuple(self.Annotated(i.sha256, "labeled", ((0, 0.5, 0.5, 0.2, 0.2),), source=f"cvat:frame={i.rank}")
+                       for i in batch.items)
+        return PullResult(labels, (), tuple(TaskOutcome(i.sha256, self.verdict, i.staged_name) for i in batch.items))
+
+    def progress(self, batch):
+        return self.pull(batch).counts()
+
+    def retire(self, batch, *, keep=()):
+        from labelwise.annotation.base import RetireReport
+
+        return RetireReport(batch.round)
+
+
+def test_run_waits_after_a_push_and_takes_only_what_the_backend_marks_accepted(tmp_path, monkeypatch):
+    from labelwise.workflow import annotating
+
+    ws = _workspace(tmp_path, annotation={"backend": "cvat", "url": "http://cvat.test"})
+    be = EagerBackend(verdict="pending")
+    monkeypatch.setattr(annotating, "backend", lambda ctx, name=None: be)
+    args = ["-w", str(ws.root)]
+    first = runner.invoke(app, ["run", *args])
+    assert first.exit_code == 0, first.output
+    assert be.pushes == 1 and Workspace(ws.root).store.counts()["pool_labeled"] == 0  # a push labels nothing
+    assert "waiting for annotations of round 1: 0/4 done" in first.output
+    assert "just pushed (round 1: sent 4 image(s) to CVAT task 7 at http://cvat.test)" in first.output
+    assert f"next: labelwise annotate wait -w {ws.root}" in first.output
+    # the backend lists boxes for every image but marks them pending (nobody finished a job): none is taken
+    second = runner.invoke(app, ["run", *args])
+    assert second.exit_code == 0, second.output
+    assert Workspace(ws.root).store.counts()["pool_labeled"] == 0
+    assert "waiting for annotations of round 1: 0/4 done" in second.output
+    notes = [x for x in second.output.splitlines() if "note:" in x]
+    assert len(notes) == 4 and all("not taken, the backend marks it pending, not labeled" in x for x in notes)
+    be.verdict = "accepted"  # people finished the jobs
+    third = runner.invoke(app, ["annotate", "pull", *args])
+    assert third.exit_code == 0, third.output
+    assert "4/4 done (4 accepted, 0 skipped)" in third.output and "round complete" in third.output
+
+
+def test_live_cvat_run_pushes_waits_and_pulls_only_finished_jobs(tmp_path, monkeypatch):
+    """The live CVAT backend against the in-memory CVAT of tests/test_cvat_live.py, through the workflow."""
+    import httpx
+
+    from labelwise.annotation.cvat import CvatBackend
+    from labelwise.annotation.http import RetryPolicy
+    from labelwise.workflow import annotating
+    from test_cvat_live import ENV, FakeCvat
+
+    ws = _workspace(tmp_path, annotation={"backend": "cvat", "url": "http://cvat.test"})
+    fake = FakeCvat(segment_size=2)
+    be = CvatBackend("http://cvat.test", annotating.StoreBackendState(ws.store, "backend:cvat"), ws.root, ("a", "b"),
+                     transport=httpx.MockTransport(fake), env=ENV, poll_s=0,
+                     retry=RetryPolicy(attempts=2, sleep=lambda s: None))
+    monkeypatch.setattr(annotating, "backend", lambda ctx, name=None: be)
+    args = ["-w", str(ws.root)]
+    first = runner.invoke(app, ["run", *args])
+    assert first.exit_code == 0, first.output
+    (tid,) = fake.tasks
+    assert "just pushed (round 1: sent 4 image(s)" in first.output and f"CVAT task {tid}" in first.output
+    jobs = fake.task_jobs(tid)
+    for frame in range(4):  # the model's boxes as pre-annotations on every frame
+        fake.draw(tid, frame, "a", [4, 4, 20, 20])["source"] = "auto"
+    fake.finish(jobs[0])  # frames 0 and 1: a person finished that job
+    pulled = runner.invoke(app, ["annotate", "pull", *args])
+    assert pulled.exit_code == 0, pulled.output
+    assert "pulled 2 label(s); 2/4 done (2 accepted, 0 skipped), 0 rejected, 2 pending" in pulled.output
+    ws = Workspace(ws.root)
+    assert {r["outcome"] for r in ws.store.selection(1)} == {"labeled", "pending"}

@@ -269,7 +269,7 @@ def run(workspace: WorkspaceOpt = Path("."),
 
     def on_labels(report: ImportReport) -> None:
         pulls.append(report)
-        if report.imported or report.skipped or report.problems or report.held or report.released:
+        if report.imported or report.skipped or report.problems or report.held or report.released or report.notes:
             _print_labels(report, "pulled", next_line=False)
 
     reason = ws.run(oracle=oracle, rounds=rounds, on_round=_print_round, on_labels=on_labels)
@@ -316,6 +316,8 @@ def _print_labels(report: ImportReport, what: str, *, next_line: bool = True) ->
                   "corrected")
     _print_problems(report.problems)
     _print_held(report)
+    for note in report.notes:
+        err.print(f"  [yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     if report.complete:
         out.print(f"round complete: every image of round {report.round} is labeled or skipped")
     if next_line:

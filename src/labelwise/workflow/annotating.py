@@ -63,6 +63,8 @@ class ImportReport:
     held: list[tuple[str, str]] = field(default_factory=list)
     newly_held: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # held before, a valid annotation was taken now
+    notes: list[str] = field(default_factory=list)  # one line each: what was left alone, and why
+    push: PushReport | None = None  # set when the batch was just pushed and nothing was pulled (run's first push)
 
     @property
     def rejected(self) -> int:
@@ -150,6 +152,18 @@ def export(ctx: WorkspaceContext) -> Path:
     elif manifest.exists():  # from an earlier selection of this round that did skip duplicates
         manifest.unlink()
     return folder_backend.folder(current)
+
+
+def just_pushed(ctx: WorkspaceContext, current: Batch, to_backend: AnnotationBackend,
+                report: PushReport | None) -> ImportReport:
+    """The report of a batch that was pushed a moment ago: nothing can have been annotated yet, nothing is pulled (a
+    push is never labeled work); the next command waits for the annotators."""
+    outcomes = {r["sha256"]: r["outcome"] for r in ctx.store.selection(current.round)}
+    progress = round_progress(current, PullResult(()), outcomes, set(held_in(ctx, current)))
+    out = ImportReport(pending=sum(1 for o in outcomes.values() if o == "pending"), round=current.round,
+                       progress=progress, via=to_backend.name, push=report)
+    out.next_command = next_command(ctx, out)
+    return out
 
 
 def finished(ctx: WorkspaceContext, round_no: int) -> set[str]:
@@ -352,6 +366,10 @@ def next_command(ctx: WorkspaceContext, report: ImportReport, source: Path | Non
                 f"labelwise annotate pull {ws}")
     if report.complete:
         return f"labelwise run {ws}"
+    staged = pushed(ctx, report.round, "folder") if name == "folder" else None
+    if staged and staged.get("where"):
+        return (f"put one YOLO txt per image in {Path(staged['where']) / 'labels'} (image names to pass on in "
+                f"skipped.txt), then: labelwise annotate pull {ws}")
     return f"labelwise annotate wait {ws}  (it pulls when {tool} has the batch done; or labelwise annotate pull)"
 
 
@@ -393,9 +411,15 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
         for label in result.labels:
             item = by_sha.get(label.sha256)
             if item is None:
-                report.problems.append(Problem(
-                    label.sha256, label.source or "a label", why=f"it is not for an image of round "
-                    f"{current.round}'s batch", fix="Ignored; nothing to do unless the image should be in the batch."))
+                report.notes.append(f"{label.source or 'a label'}: not an image of round {current.round}'s batch; "
+                                    "ignored")
+                continue
+            verdict = said.get(label.sha256)
+            if result.tasks and verdict != ("accepted" if label.status == "labeled" else "skipped"):
+                # only what the backend marks accepted (a person finished it) is labeled work, never what it merely
+                # lists: e.g. the model's own pre-annotations of a task nobody has finished
+                report.notes.append(f"{label.source or item.staged_name} (image {item.staged_name}): not taken, the "
+                                    f"backend marks it {verdict or 'unknown'}, not {label.status}")
                 continue
             if label.status == "labeled" and store.release(item.image_id):
                 report.released.append(item.staged_name)

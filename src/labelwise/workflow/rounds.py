@@ -51,10 +51,20 @@ def step(ctx: WorkspaceContext) -> str | None:
 
 
 def annotate(ctx: WorkspaceContext) -> annotating.ImportReport:
-    """The annotate step: push the batch to the configured backend (idempotent), then take back what is finished."""
+    """The annotate step: push the batch to the configured backend (idempotent), then take back what is finished.
+
+    A push is never labeled work: right after the first push of a batch nothing is pulled (nobody can have finished
+    anything; a backend that listed the model's pre-annotations as labels would otherwise label the whole batch with
+    them), and the report says to wait for the annotators. A later call pulls."""
     backend = annotating.backend(ctx)
-    annotating.push(ctx, backend)
+    current = annotating.batch(ctx)
+    before = annotating.pushed(ctx, current.round, backend.name)
+    report = annotating.push(ctx, backend)
     crash_point("after_push")
+    # pushed before this version recorded pushes: the backend had everything already
+    earlier = before is not None or (report is not None and report.sent == 0 and report.already_there > 0)
+    if not earlier:
+        return annotating.just_pushed(ctx, current, backend, report)
     return annotating.pull(ctx, backend)
 
 
@@ -117,7 +127,9 @@ def waiting_message(report: annotating.ImportReport) -> str:
                                    f"{p.rejected} rejected, {p.pending} pending")
     if report.needs_correction:
         return f"round {report.round} has rejected annotations{counts}; next: {report.next_command}"
-    return f"waiting for annotations of round {report.round}{counts}; next: {report.next_command}, then labelwise run"
+    pushed = (f"; just pushed ({report.push}), so nothing was pulled yet" if report.push is not None else "")
+    return (f"waiting for annotations of round {report.round}{counts}{pushed}; next: {report.next_command}, "
+            "then labelwise run")
 
 
 def resume(ctx: WorkspaceContext) -> str:
