@@ -282,3 +282,52 @@ def test_live_cvat_run_pushes_waits_and_pulls_only_finished_jobs(tmp_path, monke
     assert "pulled 2 label(s); 2/4 done (2 accepted, 0 skipped), 0 rejected, 2 pending" in pulled.output
     ws = Workspace(ws.root)
     assert {r["outcome"] for r in ws.store.selection(1)} == {"labeled", "pending"}
+
+
+# -- 7. labels of images that were not selected are reported; archives are unpacked into a folder removed after ------
+
+
+def test_import_says_which_label_files_are_not_for_the_batch(tmp_path):
+    ws = _workspace(tmp_path)
+    ws.select()
+    items = ws.batch().items
+    labels = tmp_path / "labels"
+    _label_file(labels, items[0], "0 0.5 0.5 0.2 0.2\n")
+    for n in range(7):
+        (labels / f"other_{n}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (labels / "classes.txt").write_text("a\nb\n")  # not a label of an image
+    result = runner.invoke(app, ["import", str(labels), "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if "note:" in x]
+    assert f"7 label file(s) in {labels} are not for an image of round 1's batch and were ignored" in line
+    assert "e.g. other_0.txt, other_1.txt, other_2.txt, other_3.txt, other_4.txt ..." in line
+    assert "classes.txt" not in line and "labelwise add --labeled" in line
+    assert "imported 1 label(s)" in result.output
+
+
+def test_archive_import_unpacks_into_a_temporary_folder_removed_afterwards(tmp_path, monkeypatch):
+    import tarfile
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    ws = _workspace(tmp_path, per_round=2)
+    ws.select()
+    a, b = ws.batch().items
+    src = tmp_path / "src"
+    _label_file(src / "labels", a, "0 0.5 0.5 0.2 0.2\n")
+    _label_file(src / "labels", b, "0 0.5 0.5 0.2\n")  # malformed
+    (src / "labels" / "stranger.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    archive = tmp_path / "labels.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "labels", arcname="labels")
+    result = runner.invoke(app, ["import", str(archive), "-w", str(ws.root)])
+    assert result.exit_code == 1, result.output
+    (problem,) = [x for x in result.output.splitlines() if "rejected:" in x]
+    # named as a member of the archive, not by the temporary folder it was read from
+    assert f"{archive}:labels/{Path(b.staged_name).stem}.txt:1" in problem and str(scratch) not in result.output
+    assert f"e.g. {archive}:labels/stranger.txt" in result.output
+    assert list(scratch.iterdir()) == [] and not (ws.root / "imports").exists()  # nothing left behind
+    (source,) = ws.store.conn.execute("SELECT source FROM labels WHERE image_id=?", (a.image_id,)).fetchone()
+    assert source == f"{archive}:labels/{Path(a.staged_name).stem}.txt"

@@ -230,21 +230,56 @@ def configured_backend(ctx: WorkspaceContext) -> str:
     return str(dict(ctx.config.annotation or {}).get("backend") or "folder")
 
 
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
+# Files of a label folder that are not labels of images (YOLO and CVAT exports, the staged round folder).
+NOT_LABELS = {"classes.txt", "skipped.txt", "retired.txt", "obj.names", "obj.data", "train.txt", "val.txt"}
+
+
 def import_labels(ctx: WorkspaceContext, folder: Path) -> ImportReport:
-    """Take YOLO txt labels for the current batch from `folder` (partial imports are fine)."""
-    from labelwise.annotation.folder import read_labels
-
+    """Take YOLO txt labels for the current batch from `folder`, or from a .zip / tar archive unpacked into a
+    temporary folder removed afterwards (partial imports are fine). Label files of images that are not in the
+    batch are ignored, and the report says how many, naming a few."""
     folder = Path(folder)
-    if folder.is_file() and folder.name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):
-        from labelwise.archive import safe_extract
+    if folder.is_file() and folder.name.lower().endswith(ARCHIVES):
+        from labelwise.archive import extracted
 
-        target = ctx.root / "imports" / f"{folder.name.split('.')[0]}-{int(time.time())}"
-        safe_extract(folder, target)
-        folder = target
+        with extracted(folder) as unpacked:
+            return _import_folder(ctx, unpacked, source=folder, shown_as=f"{folder}:")
     if not folder.is_dir():
         raise LoopError(f"{folder} is not a folder of YOLO label files")
+    return _import_folder(ctx, folder, source=folder)
+
+
+def _import_folder(ctx: WorkspaceContext, folder: Path, source: Path, shown_as: str | None = None) -> ImportReport:
+    from labelwise.annotation.folder import match_label_files, read_labels
+
     current = batch(ctx)
-    return apply(ctx, current, read_labels(folder, current), via="import", source=folder)
+    result = read_labels(folder, current)
+    matched = {p.resolve() for p in match_label_files(folder, current).values()}
+    ignored = sorted(p for p in folder.rglob("*.txt") if p.resolve() not in matched and p.name not in NOT_LABELS)
+    if shown_as is not None:  # an archive: name its members, not the temporary folder they were unpacked into
+        result = _renamed(result, f"{folder}{'/'}", shown_as)
+    report = apply(ctx, current, result, via="import", source=source)
+    if ignored:
+        names = [f"{shown_as or ''}{p.relative_to(folder)}" if shown_as else str(p.relative_to(folder))
+                 for p in ignored[:5]]
+        report.notes.append(
+            f"{len(ignored)} label file(s) in {source} are not for an image of round {current.round}'s batch and were "
+            f"ignored, e.g. {', '.join(names)}{' ...' if len(ignored) > 5 else ''} (labels of other images go in "
+            f"with: labelwise add --labeled IMAGES -w {ctx.root})")
+    return report
+
+
+def _renamed(result: PullResult, old: str, new: str) -> PullResult:
+    """The result with every mention of the path prefix `old` (a temporary folder) written as `new`."""
+    def fix(text: str | None) -> str | None:
+        return None if text is None else text.replace(old, new)
+
+    labels = tuple(dataclasses.replace(lab, source=fix(lab.source) or "") for lab in result.labels)
+    problems = tuple(dataclasses.replace(p, where=fix(p.where) or "", message=fix(p.message) or "",
+                                         why=fix(p.why) or "", task_id=fix(p.task_id)) for p in result.problems)
+    tasks = tuple(dataclasses.replace(o, source=fix(o.source) or "") for o in result.tasks)
+    return dataclasses.replace(result, labels=labels, problems=problems, tasks=tasks)
 
 
 def pull(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None) -> ImportReport:
