@@ -115,9 +115,10 @@ def benchmark_images(tmp: Path, n: int) -> tuple[list[Path], str]:
 def throughput(ul, checkpoint: Path, images: list[Path], imgsz: int, repeat: int, config_dir: Path) -> dict:
     import torch
 
+    from labelwise.cores import usable_cores
     from labelwise.detectors.ultralytics import UltralyticsDetector
 
-    threads = os.cpu_count() or 1
+    threads = usable_cores()
     detector = UltralyticsDetector(config_dir)
     items = [(str(p), p) for p in images]
     paths = [str(p) for p in images]

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelwise.selection import COLD_STARTS
 from labelwise.simulate import parse_train_args, read_variants, simulate
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="Checkpoint every run starts from (default: the re-headed YOLOv8s).")
     parser.add_argument("--train-arg", action="append", default=None, metavar="KEY=VALUE",
                         help="Extra Ultralytics train argument (repeatable; default freeze=10).")
-    parser.add_argument("--cold-start", default="random", choices=("typical", "kcenter", "random"),
+    parser.add_argument("--cold-start", default="random", choices=COLD_STARTS,
                         help="How every strategy's initial set is chosen (shared by a seed's strategies).")
     parser.add_argument("--full-pool", action="store_true", help="Also train once on the whole pool (reference).")
     parser.add_argument("--seeds", type=int, default=2)

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelwise.selection import COLD_STARTS
 from labelwise.simulate import parse_train_args, read_variants, simulate
 from labelwise.synthetic import ScenarioSpec, generate
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "checkpoint of benchmarks/pretrained.py).")
     parser.add_argument("--train-arg", action="append", default=None, metavar="KEY=VALUE",
                         help="Extra Ultralytics train argument (repeatable; default freeze=10).")
-    parser.add_argument("--cold-start", default="random", choices=("typical", "kcenter", "random"),
+    parser.add_argument("--cold-start", default="random", choices=COLD_STARTS,
                         help="How every strategy's initial set is chosen (shared by a seed's strategies).")
     parser.add_argument("--full-pool", action="store_true", help="Also train once on the whole pool (reference).")
     parser.add_argument("--smoke", action="store_true", help="Toy settings, about 2 minutes: checks the set-up.")

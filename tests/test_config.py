@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from labelwise import config as config_module
 from labelwise.annotation import BACKENDS
 from labelwise.cli import app
+from labelwise.detectors.ultralytics import DEFAULT_MODEL
 from labelwise.config import (
     CONFIG_NAME,
     LOOP_STRATEGY_KEYS,
@@ -220,7 +221,7 @@ def test_defaults(tmp_path):
     cfg = config_from_dict(MINIMAL)
     assert cfg.stopping.patience == 2 and cfg.stopping.rule == "min_gain" and cfg.stopping.min_map_gain == 0.005
     assert cfg.threads is None and cfg.budget.val is None and cfg.device == "cpu"
-    assert (cfg.imgsz, cfg.model, cfg.seed, cfg.val_fraction) == (320, "yolo11n.yaml", 0, 0.2)
+    assert (cfg.imgsz, cfg.model, cfg.seed, cfg.val_fraction) == (320, DEFAULT_MODEL, 0, 0.2)
     assert (cfg.train.epochs, cfg.train.batch, cfg.train.patience, cfg.train.nbs) == (10, 16, 100, 16)
     assert (cfg.score.conf, cfg.score.iou, cfg.score.batch, cfg.score.max_det) == (0.05, 0.6, 8, 100)
     assert (cfg.budget.per_round, cfg.budget.initial, cfg.budget.total) == (50, 0, None)

@@ -66,6 +66,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from labelwise.annotation import BACKENDS
+from labelwise.detectors.ultralytics import DEFAULT_MODEL  # a constant: that module imports Ultralytics lazily
 from labelwise.fileio import atomic_write_text
 from labelwise.presets import PRESETS
 from labelwise.presets import resolve as resolve_strategy
@@ -468,18 +469,6 @@ def _auto_device() -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
-def usable_threads() -> int:
-    """CPU threads when `threads` is auto: $OMP_NUM_THREADS when it is a positive number (processes sharing the
-    cores set it to their share), else the cores this process may run on."""
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) >= 1:
-        return int(omp)
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _nonblank(names: list[str]) -> list[str]:
     blank = [i for i, n in enumerate(names) if not n.strip()]
     if blank:
@@ -495,7 +484,7 @@ class WorkspaceConfig(_Section):
     labeled: list[str] = Field(default_factory=list)
     val: str | None = None  # a folder of validation images with YOLO labels beside them (images/ -> labels/)
     val_fraction: float = Field(0.2, ge=0, lt=1)  # without `val`: this share of labeled images is held out, by hash
-    model: str = Field("yolo11n.yaml", min_length=1,
+    model: str = Field(DEFAULT_MODEL, min_length=1,
                        json_schema_extra=_allowed("a checkpoint (.pt), a model YAML or a model name"))
     imgsz: int = Field(320, ge=32, multiple_of=32)
     device_setting: Annotated[str | None, BeforeValidator(_device)] = Field(
@@ -555,7 +544,9 @@ class WorkspaceConfig(_Section):
 
     def thread_count(self) -> int:
         """CPU threads to use: `threads`, or when that is null $OMP_NUM_THREADS, else the usable cores."""
-        return self.threads if self.threads is not None else usable_threads()
+        from labelwise.cores import resolve_threads
+
+        return resolve_threads(self.threads)
 
     def strategy_for_round(self, round_no: int) -> dict[str, Any]:
         """The strategy of the schedule entry covering `round_no`, else the default `strategy`."""

@@ -453,9 +453,12 @@ def _roi_features(roi_align, feats, b: int, boxes_in, strides: list[float]):
 
 
 def _torch_device(device: str) -> str:
+    """The torch device for scoring. Several GPUs ("0,1", training's data-parallel form) score on the first: one
+    process scores one stream of images; spreading the pool over GPUs is the Ray engine's job."""
     device = str(device).strip().lower()
     if device in ("", "cpu"):
         return "cpu"
+    device = device.split(",")[0].strip()
     return f"cuda:{device}" if device.isdigit() else device
 
 

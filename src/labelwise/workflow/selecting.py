@@ -219,9 +219,10 @@ def checked_strategy(ctx: WorkspaceContext, spec: dict[str, Any]) -> dict[str, A
     """A strategy mapping (from labelwise.yaml, the schedule or --strategy) checked before use: an unknown key is
     an error, not silently dropped (a typo like `dedup_treshold` must not fall back to the default), and
     class_quotas may name classes by name as well as by id."""
+    from labelwise.config import LOOP_STRATEGY_KEYS
     from labelwise.selection import StrategyConfig
 
-    allowed = {f.name for f in dataclasses.fields(StrategyConfig)} | {"committee_size", "committee_epochs"}
+    allowed = {f.name for f in dataclasses.fields(StrategyConfig)} | set(LOOP_STRATEGY_KEYS)
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ConfigError(f"labelwise.yaml: strategy: unknown key(s) {', '.join(unknown)}; allowed: "
