@@ -394,10 +394,10 @@ def _workspace_settings(settings: SimulationSettings, strategy: str, seed: int, 
 
 
 def _open_workspace(root: Path, dataset: _Dataset, settings: SimulationSettings, strategy: str, seed: int):
-    from labelwise.loop import Workspace
+    from labelwise.loop import Workspace, init_state
 
     total = settings.final_labels()
-    if (root / "labelwise.yaml").exists():
+    if init_state(root) == "done":  # a half-made one ("started") is continued by Workspace.create below
         ws = Workspace(root)
         # a run killed while registering the pool: `add` skips what is known, and the sorted walk gives the rest
         # the same ids as in every other workspace
@@ -407,7 +407,7 @@ def _open_workspace(root: Path, dataset: _Dataset, settings: SimulationSettings,
             ws.config.budget.total = total
             save_config(ws.root, ws.config)
             if ws.finished() and ws.store.counts()["pool_labeled"] < total:
-                ws.store.kv_set("loop", "finished", None)
+                ws.resume()
         return ws
     ws = Workspace.create(root, images=[dataset.train_dir], data_yaml=dataset.data_yaml,
                           **_workspace_settings(settings, strategy, seed, total))
