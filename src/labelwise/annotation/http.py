@@ -1,4 +1,5 @@
-"""Retries for the annotation servers' HTTP APIs: an httpx transport that retries overload and server errors.
+"""Retries for the annotation servers' HTTP APIs: an httpx transport that retries overload and server errors,
+with tenacity deciding when and how long to wait.
 
 `RetryTransport` wraps any httpx transport (the real one, or `httpx.MockTransport` in tests). It retries
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import httpx
+import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +82,33 @@ class RetryTransport(httpx.BaseTransport):
         self.policy = policy or RetryPolicy()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        attempts = max(1, int(self.policy.attempts))
+        policy = self.policy
         started = time.monotonic()
         # A streamed body (a multipart file upload) may not be readable twice: such a request is sent once.
         replayable = isinstance(request.stream, httpx.ByteStream)
-        for attempt in range(1, attempts + 1):
-            response = self.inner.handle_request(request)
-            if attempt == attempts or not _retryable(request, response.status_code, replayable):
-                response.extensions = {**response.extensions, ATTEMPTS_KEY: attempt,
-                                       "labelwise_elapsed_s": time.monotonic() - started}
-                return response
-            wait = retry_after_s(response)
-            wait = self.policy.backoff(attempt) if wait is None else min(wait, self.policy.max_delay_s)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            after = retry_after_s(state.outcome.result())
+            return policy.backoff(state.attempt_number) if after is None else min(after, policy.max_delay_s)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            response = state.outcome.result()
             response.read()
             response.close()
             log.warning("HTTP %d from %s %s%s; retry %d of %d in %.1f s", response.status_code, request.method,
-                        request.url.host, request.url.path, attempt, attempts - 1, wait)
-            self.policy.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+                        request.url.host, request.url.path, state.attempt_number, attempts - 1,
+                        state.upcoming_sleep)
+
+        attempts = max(1, int(policy.attempts))
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts), wait=wait, sleep=policy.sleep, before_sleep=before_sleep,
+            retry=tenacity.retry_if_result(lambda r: _retryable(request, r.status_code, replayable)),
+            # out of attempts: the last answer goes back to the caller as it is, whose error names the status
+            retry_error_callback=lambda state: state.outcome.result())
+        response = retrying(self.inner.handle_request, request)
+        response.extensions = {**response.extensions, ATTEMPTS_KEY: retrying.statistics.get("attempt_number", 1),
+                               "labelwise_elapsed_s": time.monotonic() - started}
+        return response
 
     def close(self) -> None:
         self.inner.close()
