@@ -28,6 +28,7 @@ from typing import Any
 from labelwise.annotation.base import AnnotationBackend, Batch, PullResult, PushReport, RetireReport
 from labelwise.config import WorkspaceConfig, load_config
 from labelwise.detectors.base import Detector
+from labelwise.engines import ScoreReport
 from labelwise.store import STORE_NAME, Store
 from labelwise.workflow import annotating, ingest, scoring, selecting, status, training
 from labelwise.workflow import rounds as machine  # not `rounds`: run() has a parameter of that name
@@ -39,8 +40,8 @@ from labelwise.workflow.rounds import STEPS, RoundSummary
 from labelwise.workflow.selecting import PERCEPTUAL_HASH
 from labelwise.workflow.status import Status
 
-__all__ = ["STEPS", "PERCEPTUAL_HASH", "AddReport", "ImportReport", "LoopError", "RoundSummary", "Status",
-           "StoreBackendState", "Workspace", "WorkspaceContext", "crash_point", "init_state"]
+__all__ = ["STEPS", "PERCEPTUAL_HASH", "AddReport", "ImportReport", "LoopError", "RoundSummary", "ScoreReport",
+           "Status", "StoreBackendState", "Workspace", "WorkspaceContext", "crash_point", "init_state"]
 
 
 class Workspace:
@@ -126,8 +127,12 @@ class Workspace:
     def train(self) -> None:
         training.train(self.ctx)
 
-    def score(self, progress: bool = True) -> int:
-        return scoring.score(self.ctx, progress=progress)
+    def score(self, progress: bool = True, *, engine: str | None = None, address: str | None = None) -> int:
+        return scoring.score(self.ctx, progress=progress, engine=engine, address=address)
+
+    def score_round(self, progress: bool = True, *, engine: str | None = None,
+                    address: str | None = None) -> ScoreReport:
+        return scoring.score_round(self.ctx, progress=progress, engine=engine, address=address)
 
     # Used by simulate.py, the benchmarks and the cache test, which drive one pass at a time.
     def _score_images(self, weights: Path, model_hash: str, **kwargs: Any) -> int:

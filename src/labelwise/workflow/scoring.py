@@ -1,5 +1,8 @@
 """Scoring a round: one inference pass over the pool (cached by image, model and size), the extra passes some
-strategies need (the mirrored image, the committee's members), and the agreement with the previous round's model."""
+strategies need (the mirrored image, the committee's members), and the agreement with the previous round's model.
+
+Every pass runs through a scoring engine (`labelwise.engines`): `local` in this process (the default) or `ray` on a
+Ray cluster, chosen by `score.engine` in labelwise.yaml or per call."""
 
 from __future__ import annotations
 
@@ -10,26 +13,44 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.detectors.base import ScoreFailure, TrainRequest
-from labelwise.progress import track
-from labelwise.workflow.context import LoopError, WorkspaceContext, crash_point, open_round
+from labelwise.detectors.base import TrainRequest
+from labelwise.engines import ScoreImage, ScoreReport, ScoreRequest, ScoringEngine
+from labelwise.engines import engine as make_engine
+from labelwise.workflow.context import LoopError, WorkspaceContext, open_round
 from labelwise.workflow.training import write_bootstrap
 
 
-def score(ctx: WorkspaceContext, progress: bool = True) -> int:
+def score(ctx: WorkspaceContext, progress: bool = True, *, engine: str | None = None,
+          address: str | None = None) -> int:
     """Score every pool image (unlabeled ones for ranking, labeled ones for their embeddings) with the round's
     model. Returns the number of images that needed inference (0 when all were cached)."""
+    return score_round(ctx, progress=progress, engine=engine, address=address).needed_inference
+
+
+def score_round(ctx: WorkspaceContext, progress: bool = True, *, engine: str | None = None,
+                address: str | None = None) -> ScoreReport:
+    """`score`, returning what every pass of the round did, added up: scored, already scored, quarantined with the
+    reasons. `engine`: "local" or "ray" (None: `score.engine` in labelwise.yaml); `address`: the Ray cluster (None:
+    `score.ray.address`)."""
     round_no, step = open_round(ctx)
     if step != "score":
         raise LoopError(f"round {round_no} is at step '{step}', not 'score'")
     current = ctx.store.current_round()
     assert current is not None and current.model_path and current.model_hash
+    runner = engine_for(ctx, engine, address=address)
     started = time.perf_counter()
-    n = score_images(ctx, Path(current.model_path), current.model_hash, progress=progress)
-    n += extra_passes(ctx, round_no, json.loads(current.strategy or "{}"), progress=progress)
+    report = score_images_report(ctx, Path(current.model_path), current.model_hash, progress=progress,
+                                 engine=runner, round_no=round_no)
+    report = report.merge(extra_passes_report(ctx, round_no, json.loads(current.strategy or "{}"),
+                                              progress=progress, engine=runner))
     ctx.store.update_round(round_no, step="select", score_seconds=time.perf_counter() - started,
                            agreement=agreement_with_previous(ctx, current))
-    return n
+    return report
+
+
+def engine_for(ctx: WorkspaceContext, name: str | None = None, *, address: str | None = None) -> ScoringEngine:
+    """The scoring engine `name` (None: `score.engine` in labelwise.yaml)."""
+    return make_engine(name or ctx.config.score.engine, address=address)
 
 
 def agreement_with_previous(ctx: WorkspaceContext, current: Any, stop_set_size: int = 200,
@@ -63,9 +84,18 @@ def agreement_with_previous(ctx: WorkspaceContext, current: Any, stop_set_size: 
 
 def score_images(ctx: WorkspaceContext, weights: Path, model_hash: str, *, flip: bool = False,
                  variant: str | None = None, states: tuple[str, ...] = ("unlabeled", "labeled"),
-                 progress: bool = True) -> int:
+                 progress: bool = True, engine: ScoringEngine | None = None) -> int:
     """Run the detector on the pool images in `states` not yet cached for (model, size, variant); store results in
     chunks. Returns how many images needed inference."""
+    return score_images_report(ctx, weights, model_hash, flip=flip, variant=variant, states=states,
+                               progress=progress, engine=engine).needed_inference
+
+
+def score_images_report(ctx: WorkspaceContext, weights: Path, model_hash: str, *, flip: bool = False,
+                        variant: str | None = None, states: tuple[str, ...] = ("unlabeled", "labeled"),
+                        progress: bool = True, engine: ScoringEngine | None = None,
+                        round_no: int | None = None) -> ScoreReport:
+    """`score_images`, returning the engine's report. `engine`: None is the configured one."""
     variant = variant if variant is not None else ("flip" if flip else "")
     cfg = ctx.config
     # The cache is keyed by (image, model, size) only; if the thresholds that decide which boxes are kept have
@@ -76,46 +106,43 @@ def score_images(ctx: WorkspaceContext, weights: Path, model_hash: str, *, flip:
         ctx.store.drop_detections(model_hash)
     if cached_with != settings:
         ctx.store.kv_set("score_settings", model_hash, settings)
-    done = ctx.store.scored_shas(model_hash, cfg.imgsz, variant)
-    todo = [img for state in states for img in ctx.store.images(split="pool", state=state)
-            if img.sha256 not in done]
-    if not todo:
-        return 0
-    stream = ctx.detector.score(weights, ((img.sha256, img.path) for img in todo), imgsz=cfg.imgsz,
-                                conf=cfg.score.conf, iou=cfg.score.iou, batch=cfg.score.batch,
-                                device=cfg.device, flip=flip, max_det=cfg.score.max_det)
-    if progress:
-        stream = track(stream, len(todo), "Scoring" + (f" ({variant})" if variant else ""))
-    pending: list[tuple[str, Any]] = []
-    by_sha = {img.sha256: img for img in todo}
-    for sha, result in stream:
-        if isinstance(result, ScoreFailure):
-            ctx.store.quarantine(str(by_sha[sha].path), result.reason)
-            continue
-        pending.append((sha, result))
-        if len(pending) >= 64:  # commit often: a kill loses at most one chunk of inference, never a label
-            ctx.store.put_detections(model_hash, cfg.imgsz, pending, variant)
-            pending = []
-            crash_point("mid_score")
-    if pending:
-        ctx.store.put_detections(model_hash, cfg.imgsz, pending, variant)
-    return len(todo)
+    if round_no is None:
+        current = ctx.store.current_round()
+        round_no = current.round if current is not None else None
+    request = ScoreRequest(
+        weights=Path(weights), model_hash=model_hash, imgsz=cfg.imgsz,
+        images=tuple(ScoreImage(img.sha256, str(img.path)) for state in states
+                     for img in ctx.store.images(split="pool", state=state)),
+        conf=cfg.score.conf, iou=cfg.score.iou, max_det=cfg.score.max_det, batch=cfg.score.batch,
+        device=cfg.device, variant=variant, flip=flip, round=round_no)
+    runner = engine if engine is not None else engine_for(ctx)
+    return runner.score(ctx, request, progress=progress)
 
 
-def extra_passes(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool = True) -> int:
+def extra_passes(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool = True,
+                 engine: ScoringEngine | None = None) -> int:
     """The inference some strategies need beyond the plain pass: the mirrored image for `consistency`, the
     committee members' passes for `committee`. Cached like the plain pass, so calling it again is free."""
+    return extra_passes_report(ctx, round_no, strategy, progress=progress, engine=engine).needed_inference
+
+
+def extra_passes_report(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool = True,
+                        engine: ScoringEngine | None = None) -> ScoreReport:
+    """`extra_passes`, returning the engines' report."""
     current = ctx.store.current_round()
     assert current is not None and current.model_path and current.model_hash
+    runner = engine if engine is not None else engine_for(ctx)
     if strategy.get("name") == "consistency":
-        return score_images(ctx, Path(current.model_path), current.model_hash, flip=True,
-                            states=("unlabeled", "selected"), progress=progress)
+        return score_images_report(ctx, Path(current.model_path), current.model_hash, flip=True,
+                                   states=("unlabeled", "selected"), progress=progress, engine=runner,
+                                   round_no=round_no)
     if strategy.get("name") == "committee":
-        return score_committee(ctx, round_no, strategy, progress=progress)
-    return 0
+        return score_committee(ctx, round_no, strategy, progress=progress, engine=runner)
+    return ScoreReport(engine=runner.name)
 
 
-def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool) -> int:
+def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool,
+                    engine: ScoringEngine | None = None) -> ScoreReport:
     """Query by committee: N members trained on bootstrap resamples of the labeled set, each warm-started from
     the round's model for a few epochs, then each scores the unlabeled pool."""
     current = ctx.store.current_round()
@@ -130,7 +157,8 @@ def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, An
     # Every member's resample is drawn up front, so member j trains on the same sample whether or not the
     # members before it were already trained (a resumed run must not give member 1 member 0's sample).
     samples = [rng.integers(0, len(labeled), size=len(labeled)) for _ in range(members)]
-    n = 0
+    runner = engine if engine is not None else engine_for(ctx)
+    report = ScoreReport(engine=runner.name)
     for j in range(members):
         variant = f"member{j}"
         weights_path = ctx.store.kv_get("committee", f"r{round_no}/{variant}")
@@ -145,6 +173,7 @@ def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, An
             ))
             weights_path = str(result.weights)
             ctx.store.kv_set("committee", f"r{round_no}/{variant}", weights_path)
-        n += score_images(ctx, Path(weights_path), current.model_hash, variant=variant,
-                          states=("unlabeled", "selected"), progress=progress)
-    return n
+        report = report.merge(score_images_report(ctx, Path(weights_path), current.model_hash, variant=variant,
+                                                  states=("unlabeled", "selected"), progress=progress,
+                                                  engine=runner, round_no=round_no))
+    return report
