@@ -23,6 +23,7 @@ from labelwise.annotation.base import AnnotationError, RetireReport
 from labelwise.config import ConfigError
 from labelwise.detectors import ultralytics as yolo  # DEFAULT_MODEL, check_model_available; imports no ultralytics
 from labelwise.detectors.base import DetectorError
+from labelwise.engines import ENGINES, EngineError
 from labelwise.lock import WorkspaceBusy, workspace_lock
 from labelwise.loop import AddReport, ImportReport, LoopError, RoundSummary, Workspace, init_state
 from labelwise.presets import resolve as resolve_strategy
@@ -50,7 +51,7 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except (ConfigError, LoopError, DetectorError, AnnotationError, SimulationError, WorkspaceBusy,
-                FileNotFoundError, ValueError) as exc:
+                EngineError, FileNotFoundError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -193,11 +194,33 @@ def train(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 @friendly
 @writes
-def score(workspace: WorkspaceOpt = Path("."), threads: ThreadsOpt = None) -> None:
+def score(workspace: WorkspaceOpt = Path("."), threads: ThreadsOpt = None,
+          engine: Annotated[Optional[str], typer.Option(
+              "--engine", help="local (this process) or ray (a Ray cluster; pip install 'labelwise[ray]'); "
+                               "default: score.engine in labelwise.yaml.")] = None,
+          address: Annotated[Optional[str], typer.Option(
+              "--address", help="The Ray cluster for --engine ray: auto, ray://HOST:10001 or HOST:6379 (default: "
+                                "score.ray.address, else a Ray started for this run).")] = None) -> None:
     """Score the pool with the round's model (cached: a second run costs nothing)."""
-    _hint_if_cpu_busy()
-    n = Workspace(workspace, threads=threads).score()
-    out.print(f"scored {n} images" if n else "every image was already scored by this model (cache)")
+    if engine is not None and engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r} is not an engine: use one of {', '.join(ENGINES)}",
+                                 param_hint="--engine")
+    ws = Workspace(workspace, threads=threads)
+    if address is not None and (engine or ws.config.score.engine) != "ray":
+        raise typer.BadParameter("--address is for the Ray engine: add --engine ray (or set score.engine: ray)",
+                                 param_hint="--address")
+    if (engine or ws.config.score.engine) == "local":
+        _hint_if_cpu_busy()
+    report = ws.score_round(engine=engine, address=address)
+    if report.needed_inference:
+        out.print(f"scored {report.scored} images with the {report.engine} engine in {report.seconds:.1f} s"
+                  + (f" ({report.skipped} already scored)" if report.skipped else ""), highlight=False)
+    else:
+        out.print("every image was already scored by this model (cache)")
+    if report.quarantined:
+        out.print(f"[yellow]{len(report.quarantined)} image(s) quarantined[/yellow] (see `labelwise status`):")
+        for _path, reason in report.quarantined[:10]:
+            out.print(f"  {escape(reason)}", highlight=False)
 
 
 @app.command()

@@ -29,6 +29,8 @@ Settings that are not plain values:
   file says.
 - `threads`: CPU threads for training and scoring; null (the default) means auto: $OMP_NUM_THREADS when set, else
   the cores this process may run on. `cfg.thread_count()` gives the number.
+- `score.engine`: local (the default: this process) or ray (a Ray cluster, `labelwise.engines.ray`), with the Ray
+  engine's settings under `score.ray` (address, concurrency, batch_size, num_gpus, num_cpus).
 - `budget.val`: validation images to hold out; null (the default) means 10% of the initial batch, at least 30.
   `cfg.budget.val_size()` gives the number.
 """
@@ -67,6 +69,7 @@ from pydantic_core import PydanticCustomError
 
 from labelwise.annotation import BACKENDS
 from labelwise.detectors.ultralytics import DEFAULT_MODEL  # a constant: that module imports Ultralytics lazily
+from labelwise.engines import ENGINES
 from labelwise.fileio import atomic_write_text
 from labelwise.presets import PRESETS
 from labelwise.presets import resolve as resolve_strategy
@@ -181,11 +184,43 @@ class TrainSettings(_Section):
         return value
 
 
+#: `score.ray.address`: a Ray started for this process (null or local), the cluster this machine has joined (auto),
+#: a Ray Client address (ray://host:10001) or a head's GCS address (host:6379).
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://[^\s/]+|[^\s/:]+:\d+)$")
+
+
+def _ray_address(value: str | None) -> str | None:
+    if value is not None and not _RAY_ADDRESS.match(value):
+        raise ValueError("is not a Ray address")
+    return value
+
+
+class RaySettings(_Section):
+    """`score.ray`: the Ray engine's cluster and actors (see `labelwise.engines.ray`)."""
+
+    address: Annotated[str | None, AfterValidator(_ray_address)] = Field(None, json_schema_extra=_allowed(
+        "null or local (a Ray started for this run on this machine), auto (the cluster this machine has joined), "
+        "ray://HOST:10001 (Ray Client) or HOST:6379 (the head's address)"))
+    # scoring actors, each holding the scorer once (null: one per GPU of the cluster, else one per num_cpus CPUs
+    # with one CPU left for decoding)
+    concurrency: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # images per forward pass in an actor (null: score.batch)
+    num_gpus: float | None = Field(None, ge=0)  # GPUs per actor (null: 1 where the cluster has GPUs, else 0)
+    num_cpus: float = Field(1.0, gt=0)  # CPUs each actor reserves; its torch threads when `threads` is null
+
+
 class ScoreSettings(_Section):
     conf: float = Field(0.05, ge=0, le=1)  # low on purpose: uncertain boxes are exactly the ones selection needs
     iou: float = Field(0.6, ge=0, le=1)
     batch: int = Field(8, ge=1)
     max_det: int = Field(100, ge=1)
+    engine: Literal[ENGINES] = "local"  # type: ignore[valid-type]  # local: this process; ray: a Ray cluster
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # `ray:` with nothing under it: the defaults
 
 
 class Budget(_Section):
@@ -477,6 +512,9 @@ def _nonblank(names: list[str]) -> list[str]:
 
 
 class WorkspaceConfig(_Section):
+    _refused: ClassVar[dict[str, str]] = {
+        "scoring": "the scoring settings are under `score:` (score.engine: local or ray, and score.ray for the "
+                   "Ray engine's address, concurrency, batch_size, num_gpus and num_cpus)"}
     classes: Annotated[list[str], AfterValidator(_nonblank)] = Field(
         min_length=1, json_schema_extra=_allowed("a non-empty list of distinct class names, in id order"))
     images: Annotated[list[str], AfterValidator(_nonblank)] = Field(
@@ -836,7 +874,9 @@ def _header() -> str:
             + wrap("annotation backends", BACKENDS) + wrap("stopping rules", STOPPING_RULES)
             + "# device: cpu, cuda, cuda:N, a GPU index N, several like '0,1', mps, or auto / null (a GPU if any).\n"
             "# threads: null = $OMP_NUM_THREADS when set, else every usable core. budget.val: null = 10% of the\n"
-            "#   initial batch, at least 30 images.\n")
+            "#   initial batch, at least 30 images.\n"
+            "# score.engine: local (this process) or ray (a Ray cluster: score.ray.address, pip install "
+            "'labelwise[ray]').\n")
 
 
 def save_config(workspace: Path, config: WorkspaceConfig) -> None:
