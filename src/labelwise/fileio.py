@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader, or a crash, sees the old file or the new one, never half of one), and whether the
+process that left a lock or a work folder behind still runs."""
 
 from __future__ import annotations
 
@@ -48,3 +49,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (signal 0 tests without signalling; a process of another user
+    that we may not signal is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

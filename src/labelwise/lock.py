@@ -21,7 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from labelwise.fileio import atomic_write_text
+from labelwise.fileio import atomic_write_text, pid_alive
 
 LOCK_NAME = ".labelwise.lock"
 HOLDER_NAME = ".labelwise.lock.holder"
@@ -76,7 +76,7 @@ def holder(root: Path) -> dict | None:
 def busy_message(root: Path) -> str:
     info = holder(root)
     here = socket.gethostname()
-    if info is None or (info.get("host") == here and not _alive(info["pid"])):
+    if info is None or (info.get("host") == here and not pid_alive(info["pid"])):
         # the holder has only just started (its sidecar is not written yet; one left by a killed holder is stale)
         return (f"{root} is in use by another labelwise process that has just started: only one command that "
                 "changes a workspace runs at a time. "
@@ -88,13 +88,3 @@ def busy_message(root: Path) -> str:
             "one command that changes a workspace runs at a time. Wait for it to finish and run this command "
             f"again, or stop it (`kill {pid}`{'' if host == here else f' on {host}'}) if it should not be running; "
             "a stopped or killed process releases the lock by itself. `labelwise status` works meanwhile.")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

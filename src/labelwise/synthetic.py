@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from labelwise.fileio import pid_alive
+
 __all__ = [
     "CLASS_NAMES",
     "COMMON_CLASSES",
@@ -469,22 +471,12 @@ def is_complete(root: Path, spec: ScenarioSpec | None = None) -> bool:
 _OUR_ENTRIES = {"train", "val", "data.yaml", "scenarios.csv", "spec.json"}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale(root: Path) -> None:
     """Remove hidden work/trash siblings of `root` left by generator runs that were killed."""
     for p in root.parent.glob(f".{root.name}.*-*-*"):
         parts = p.name[len(root.name) + 2 :].split("-")
         if len(parts) >= 3 and parts[0] in ("partial", "old") and parts[1].isdigit():
-            if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+            if int(parts[1]) != os.getpid() and not pid_alive(int(parts[1])):
                 shutil.rmtree(p, ignore_errors=True)
 
 

@@ -725,28 +725,22 @@ class LabelStudioBackend:
 
     def _light_tasks(self, pid: int, ids: Sequence[int]) -> dict[int, dict]:
         """id -> {id, total_annotations, cancelled_annotations, updated_at} of the given tasks, a few fields each."""
-        out: dict[int, dict] = {}
-        for start in range(0, len(ids), ID_CHUNK):
-            chunk = ids[start : start + ID_CHUNK]
-            for task in self.client.paged(
-                "/api/tasks",
-                what=f"reading the annotation counts of {len(chunk)} tasks of project {pid}",
-                key="tasks",
-                params={"project": pid, "include": LIGHT_FIELDS, "query": _selected(chunk)},
-            ):
-                out[int(task["id"])] = task
-        return out
+        return self._tasks(pid, ids, {"include": LIGHT_FIELDS}, "the annotation counts")
 
     def _full_tasks(self, pid: int, ids: Sequence[int]) -> dict[int, dict]:
         """id -> the task with its annotations, for the given tasks only."""
+        return self._tasks(pid, ids, {"fields": "all"}, "the annotations")
+
+    def _tasks(self, pid: int, ids: Sequence[int], fields: dict[str, str], reading: str) -> dict[int, dict]:
+        """id -> task for the given ids, asked for in chunks (a query naming thousands of ids is refused)."""
         out: dict[int, dict] = {}
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
             for task in self.client.paged(
                 "/api/tasks",
-                what=f"reading the annotations of {len(chunk)} tasks of project {pid}",
+                what=f"reading {reading} of {len(chunk)} tasks of project {pid}",
                 key="tasks",
-                params={"project": pid, "fields": "all", "query": _selected(chunk)},
+                params={"project": pid, **fields, "query": _selected(chunk)},
             ):
                 out[int(task["id"])] = task
         return out

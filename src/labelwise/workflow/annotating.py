@@ -310,46 +310,14 @@ def wait(ctx: WorkspaceContext, from_backend: AnnotationBackend | None = None, *
     """Poll the backend (back-off from `interval` to `max_interval` while nothing moves) until every image of the
     batch is done, or nothing is left pending but rejected work (waiting cannot finish that: a person must correct
     it), or `timeout` seconds pass; then pull. The report's `timed_out` says whether it gave up."""
-    from labelwise.progress import progress_bar
+    from labelwise.annotation.waiting import poll
 
     from_backend = from_backend or backend(ctx)
-    current = batch(ctx)
-    deadline = time.monotonic() + timeout
-    delay, last = interval, None
-    timed_out = False
-    with progress_bar() if show else _NoBar() as bar:
-        task = bar.add_task(f"Round {current.round} annotations", total=len(current.items), rate="")
-        while True:
-            prog = from_backend.progress(current)
-            bar.update(task, total=prog.total, completed=prog.done,
-                       rate=f"{prog.rejected} rejected, {prog.skipped} skipped")
-            if on_progress is not None and prog != last:
-                on_progress(prog)
-            if prog.complete or (not prog.pending and prog.rejected):
-                break
-            if time.monotonic() >= deadline:
-                timed_out = True
-                break
-            delay = interval if last is not None and prog.done > last.done else min(delay * 2, max_interval)
-            last = prog
-            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+    _, timed_out = poll(from_backend, batch(ctx), timeout=timeout, interval=interval, max_interval=max_interval,
+                        show=show, on_progress=on_progress)
     report = pull(ctx, from_backend)
     report.timed_out = timed_out and not report.complete
     return report
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
 
 
 def verdicts(result: PullResult) -> dict[str, str]:
