@@ -225,14 +225,16 @@ class UltralyticsDetector:
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
-    def score(self, weights: Path, images: Iterable[tuple[str, Path]], *, imgsz: int, conf: float, iou: float,
-              batch: int, device: str, flip: bool = False, max_det: int = 100,
+    def score(self, weights: Path, images: Iterable[tuple[str, Path | np.ndarray]], *, imgsz: int, conf: float,
+              iou: float, batch: int, device: str, flip: bool = False, max_det: int = 100,
               end2end: bool = False) -> Iterator[tuple[str, ImageDetections | ScoreFailure]]:
-        """See `Detector.score`. `end2end` picks the head of a model that has two (YOLO26, YOLOv10), as Ultralytics'
-        predictor does (8.4.190: `AutoBackend(end2end=args.nms is False)`, whatever mode the checkpoint was saved
-        in): False, the one-to-many head with NMS, as `predict()`; True, the NMS-free one-to-one head, as
-        `predict(nms=False)`. Models with one head ignore it; a checkpoint fused down to its one-to-one head uses it
-        whatever is asked, as predict does."""
+        """See `Detector.score`. An image is a path (read with OpenCV here) or an image already decoded as
+        `decode_image` does (BGR, HxWx3 uint8; the Ray engine decodes in its own tasks).
+
+        `end2end` picks the head of a model that has two (YOLO26, YOLOv10), as Ultralytics' predictor does (8.4.190:
+        `AutoBackend(end2end=args.nms is False)`, whatever mode the checkpoint was saved in): False, the one-to-many
+        head with NMS, as `predict()`; True, the NMS-free one-to-one head, as `predict(nms=False)`. Models with one
+        head ignore it; a checkpoint fused down to its one-to-one head uses it whatever is asked, as predict does."""
         import cv2
         import torch
         from torchvision.ops import roi_align
@@ -290,22 +292,42 @@ class UltralyticsDetector:
                     )))
                 return results
 
+        # A chunk is `batch` consecutive inputs, an unreadable one leaving a gap (it does not pull the next image in):
+        # which images share a forward pass, and so their letterbox, depends on the input order alone, the same
+        # for every engine that hands the scorer the same chunks (labelwise.engines.ray).
         keys: list[str] = []
         originals: list[np.ndarray] = []
-        for key, path in images:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        taken = 0
+        for key, source in images:
+            taken += 1
+            img = source if isinstance(source, np.ndarray) else cv2.imread(str(source), cv2.IMREAD_COLOR)
             if img is None:
-                yield key, ScoreFailure(f"{path}: OpenCV could not decode the image; remove or re-export it")
-                continue
-            if flip:
-                img = np.ascontiguousarray(img[:, ::-1])
-            keys.append(key)
-            originals.append(img)
-            if len(keys) == batch:
-                yield from flush(keys, originals)
-                keys, originals = [], []
+                yield key, ScoreFailure(f"{source}: {UNDECODABLE}")
+            else:
+                if flip:
+                    img = np.ascontiguousarray(img[:, ::-1])
+                keys.append(key)
+                originals.append(img)
+            if taken == batch:
+                if keys:
+                    yield from flush(keys, originals)
+                keys, originals, taken = [], [], 0
         if keys:
             yield from flush(keys, originals)
+
+
+UNDECODABLE = "OpenCV could not decode the image; remove or re-export it"
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """An encoded image (the bytes of a JPEG, PNG... file) as the scorer reads a path: BGR, HxWx3 uint8, EXIF
+    orientation applied (`cv2.imdecode` with the flags of `cv2.imread`: the same pixels); None when OpenCV cannot
+    decode it."""
+    import cv2
+
+    if not data:
+        return None
+    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
 
 
 def _scoring_net(model, device: str, end2end: bool):
