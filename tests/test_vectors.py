@@ -1,0 +1,185 @@
+"""labelwise.vectors: the Parquet layout of the cached detections (the schema other engines write), the round trip
+of ImageDetections through it, atomic shards, and the reads selection makes (memory-mapped, a few columns)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from labelwise.detections import ImageDetections
+from labelwise.vectors import (
+    DETECTIONS_SCHEMA,
+    POOL_COLUMNS,
+    TMP_PREFIX,
+    VectorStore,
+    detections_table,
+    shard_info,
+    table_detections,
+)
+
+
+def _det(rng: np.random.Generator, n: int, nc: int = 3, d_box: int = 5, d: int = 7,
+         size: tuple[int, int] = (64, 48)) -> ImageDetections:
+    xy = rng.uniform(0, 30, (n, 2))
+    return ImageDetections(
+        boxes=np.concatenate([xy, xy + rng.uniform(1, 10, (n, 2))], axis=1).astype(np.float32),
+        class_scores=rng.uniform(0, 1, (n, nc)).astype(np.float32),
+        box_features=rng.normal(size=(n, d_box)).astype(np.float16),
+        embedding=rng.normal(size=d).astype(np.float16).astype(np.float32),  # what fp16 keeps
+        max_candidate_score=float(np.float32(rng.uniform(0.1, 0.9))),
+        width=size[0], height=size[1],
+    )
+
+
+def _same(a: ImageDetections, b: ImageDetections) -> None:
+    for name in ("boxes", "class_scores", "box_features", "embedding"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y), name
+    assert (a.max_candidate_score, a.width, a.height) == (b.max_candidate_score, b.width, b.height)
+
+
+def test_the_schema_is_the_documented_one():
+    assert [(f.name, str(f.type)) for f in DETECTIONS_SCHEMA] == [
+        ("sha256", "string"), ("model_hash", "string"), ("imgsz", "int32"), ("variant", "string"),
+        ("width", "int32"), ("height", "int32"), ("max_candidate_score", "float"),
+        ("boxes", "list<item: float>"), ("class_scores", "list<item: float>"), ("n_classes", "int32"),
+        ("box_features", "list<item: halffloat>"), ("d_box", "int32"), ("embedding", "list<item: halffloat>"),
+        ("error", "string")]
+    assert set(POOL_COLUMNS) <= set(DETECTIONS_SCHEMA.names) and "box_features" not in POOL_COLUMNS
+
+
+def test_detections_round_trip_through_a_table_with_empty_images_and_error_rows():
+    rng = np.random.default_rng(0)
+    rows = [("a", _det(rng, 3)), ("b", _det(rng, 0)), ("c", "cannot identify image file"), ("d", _det(rng, 1))]
+    table = detections_table(rows, "m1", 320, "flip")
+    assert table.schema == DETECTIONS_SCHEMA and table.num_rows == 4
+    assert table.column("variant").to_pylist() == ["flip"] * 4
+    assert table.column("n_classes").to_pylist() == [3, 3, None, 3]
+    assert table.column("d_box").to_pylist() == [5, 5, None, 5]
+    assert table.column("boxes")[0].as_py()[:4] == rows[0][1].boxes[0].tolist()  # row-major x1 y1 x2 y2
+    back = dict(table_detections(table))
+    assert back["c"] == "cannot identify image file"
+    for sha, det in rows:
+        if not isinstance(det, str):
+            _same(back[sha], det)
+    assert back["b"].boxes.shape == (0, 4) and back["b"].class_scores.shape == (0, 3)
+
+
+def test_detections_table_refuses_misshapen_arrays():
+    rng = np.random.default_rng(1)
+    good = _det(rng, 2)
+    bad = ImageDetections(good.boxes, good.class_scores[:1], good.box_features, good.embedding, 0.5, 64, 48)
+    with pytest.raises(ValueError, match="class_scores"):
+        detections_table([("x", bad)], "m", 64)
+
+
+def test_write_shard_is_atomic_and_named_by_its_key(tmp_path):
+    rng = np.random.default_rng(2)
+    vs = VectorStore(tmp_path / "vectors")
+    assert vs.shards("m1", 320) == [] and vs.scored_shas("m1", 320) == set()
+    path = vs.write_shard(detections_table([("a", _det(rng, 2))], "m1", 320))
+    other = vs.write_shard(detections_table([("a", _det(rng, 2))], "m1", 320))
+    assert path != other and path.name.startswith("m1-320--") and path.suffix == ".parquet"
+    assert not [p for p in (tmp_path / "vectors").iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert shard_info(path) == ("m1", 320, "", 1)
+    assert pq.read_schema(path).names == DETECTIONS_SCHEMA.names
+    with pytest.raises(ValueError, match="one"):
+        vs.write_shard(pa.concat_tables([detections_table([("a", _det(rng, 1))], "m1", 320),
+                                         detections_table([("b", _det(rng, 1))], "m2", 320)]))
+    assert len(list((tmp_path / "vectors").iterdir())) == 2  # the refused write left nothing behind
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    vs = VectorStore(tmp_path / "vectors")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        vs.write_shard(detections_table([("a", _det(rng, 2))], "m1", 320))
+    assert list((tmp_path / "vectors").iterdir()) == []
+
+
+def test_scored_pool_reads_in_the_asked_order_and_the_last_shard_wins(tmp_path):
+    rng = np.random.default_rng(4)
+    vs = VectorStore(tmp_path / "vectors")
+    first = {s: _det(rng, int(rng.integers(0, 4)), size=(64 + i, 48)) for i, s in enumerate("abcde")}
+    vs.write_shard(detections_table(list(first.items()) + [("f", "unreadable")], "m", 64))
+    time.sleep(0.01)  # without an index the files are ordered by time
+    newer = _det(rng, 2)
+    vs.write_shard(detections_table([("c", newer)], "m", 64))
+    vs.write_shard(detections_table([("a", _det(rng, 1))], "other-model", 64))  # another key: not read
+    assert vs.scored_shas("m", 64) == set("abcdef")
+    assert vs.scored_shas("m", 64, errors=False) == set("abcde")
+    want = {**first, "c": newer}
+    order = ["e", "x", "c", "a", "f", "b"]  # x: never scored, f: an error row; both left out
+    pool = vs.scored_pool("m", 64, "", order, np.array([50, 51, 52, 53, 54, 55]), n_classes=3)
+    kept = ["e", "c", "a", "b"]
+    assert pool.image_ids.tolist() == [50, 52, 53, 55]
+    assert pool.boxes_per_image.tolist() == [want[s].n_boxes for s in kept]
+    assert np.array_equal(pool.embeddings, np.stack([want[s].embedding for s in kept]))
+    assert pool.embeddings.dtype == np.float32
+    assert np.array_equal(pool.class_scores, np.concatenate([want[s].class_scores for s in kept]))
+    scale = np.concatenate([np.tile([want[s].width, want[s].height] * 2, (want[s].n_boxes, 1)) for s in kept])
+    assert np.allclose(pool.boxes, np.concatenate([want[s].boxes for s in kept]) / scale, rtol=0, atol=1e-7)
+    assert pool.max_candidate_score.tolist() == [want[s].max_candidate_score for s in kept]
+    found = vs.detections(["c", "f", "x"], "m", 64)
+    assert set(found) == {"c", "f"} and found["f"] == "unreadable"
+    _same(found["c"], newer)
+    with pytest.raises(ValueError, match="classes"):
+        vs.scored_pool("m", 64, "", order, n_classes=4)
+    empty = vs.scored_pool("m", 64, "", ["x"], n_classes=3)
+    assert len(empty) == 0 and empty.class_scores.shape == (0, 3) and empty.boxes.shape == (0, 4)
+
+
+def test_compact_keeps_the_last_copy_and_streams_into_bounded_files(tmp_path):
+    rng = np.random.default_rng(5)
+    vs = VectorStore(tmp_path / "vectors")
+    dets = {f"s{i:02d}": _det(rng, 1) for i in range(10)}
+    paths = [vs.write_shard(detections_table(list(dets.items())[:6], "m", 64))]
+    later = {"s01": _det(rng, 2), "s09": _det(rng, 3)}
+    paths.append(vs.write_shard(detections_table(list(later.items()), "m", 64)))
+    paths.append(vs.write_shard(detections_table(list(dets.items())[6:9], "m", 64)))
+    merged = vs.compact(paths, max_rows=4)
+    assert [n for _, n in merged] == [4, 4, 2]  # 11 rows, 10 images: s01's first copy is gone
+    got = dict(row for path, _ in merged for row in table_detections(pq.read_table(path)))
+    assert set(got) == set(dets)
+    for sha in dets:
+        _same(got[sha], later.get(sha, dets[sha]))
+    assert all(p.exists() for p in paths)  # the caller swaps the index, then removes the old files
+
+
+def test_orphans_are_files_without_a_row_old_enough(tmp_path):
+    rng = np.random.default_rng(6)
+    vs = VectorStore(tmp_path / "vectors")
+    kept = vs.write_shard(detections_table([("a", _det(rng, 1))], "m", 64))
+    orphan = vs.write_shard(detections_table([("b", _det(rng, 1))], "m", 64))
+    tmp = vs.root / f"{TMP_PREFIX}x.parquet"
+    tmp.write_bytes(b"half")
+    staging = vs.root / "ray-run" / "part-0.parquet"
+    staging.parent.mkdir()
+    staging.write_bytes(b"a writer's own")
+    assert vs.orphans({kept}, min_age_s=3600) == []  # too young: a write may be in progress
+    old = time.time() - 7200
+    for p in (orphan, tmp, staging):
+        os.utime(p, (old, old))
+    assert vs.orphans({kept}, min_age_s=3600) == sorted([orphan, tmp])
+
+
+def test_an_index_decides_which_shards_count(tmp_path):
+    rng = np.random.default_rng(7)
+    registered: list[Path] = []
+    vs = VectorStore(tmp_path / "vectors", index=lambda m, s, v: [p for p in registered])
+    done = vs.write_shard(detections_table([("a", _det(rng, 1))], "m", 64))
+    vs.write_shard(detections_table([("b", _det(rng, 1))], "m", 64))  # written, never registered
+    registered.append(done)
+    assert vs.scored_shas("m", 64) == {"a"}
+    assert len(vs.scored_pool("m", 64, "", ["a", "b"], n_classes=3)) == 1
