@@ -15,8 +15,8 @@ CORE = ["uncertainty", "diversity", "committee", "consistency", "balance", "sele
         "boxes", "detections"]
 IO_MODULES = ["sqlite3", "ultralytics", "torch", "httpx", "PIL", "cv2", "matplotlib", "labelwise.store",
               "labelwise.workflow", "labelwise.loop"]
-ADAPTERS = ["store", "pool", "config", "fileio", "archive", "progress", "detectors.base", "detectors.ultralytics",
-            "annotation", "annotation.base", "annotation.folder"]
+ADAPTERS = ["store", "vectors", "pool", "config", "fileio", "archive", "progress", "detectors.base",
+            "detectors.ultralytics", "annotation", "annotation.base", "annotation.folder"]
 WORKFLOW = ["context", "ingest", "training", "scoring", "selecting", "annotating", "status", "rounds"]
 ABOVE_WORKFLOW = ["labelwise.loop", "labelwise.cli", "labelwise.simulate", "labelwise.demo", "labelwise.report"]
 

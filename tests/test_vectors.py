@@ -183,3 +183,151 @@ def test_an_index_decides_which_shards_count(tmp_path):
     registered.append(done)
     assert vs.scored_shas("m", 64) == {"a"}
     assert len(vs.scored_pool("m", 64, "", ["a", "b"], n_classes=3)) == 1
+
+
+# -- the store: SQLite keeps the shard index, the vectors live in the files -------------------------------------------
+
+
+def _store(tmp_path: Path, n_images: int = 6):
+    from labelwise.store import Store
+
+    store = Store(tmp_path / "labelwise.db")
+    ids = [store.add_image(f"{i:064x}", f"/p/{i}.png", 64, 48, phash=i + 1, dhash=2 * i + 1)[0]
+           for i in range(n_images)]
+    return store, ids
+
+
+def test_put_detections_writes_a_shard_then_its_row(tmp_path):
+    store, ids = _store(tmp_path)
+    rng = np.random.default_rng(8)
+    store.start_round(1, "train")
+    store.start_round(2, "score")
+    dets = {f"{i:064x}": _det(rng, i % 3) for i in range(4)}
+    store.put_detections("m", 64, list(dets.items()))
+    store.put_detections("m", 64, [(f"{5:064x}", "unreadable")], "flip", round_no=1, engine="ray")
+    shards = store.shards()
+    assert [(s["model_hash"], s["imgsz"], s["variant"], s["round"], s["rows"], s["engine"]) for s in shards] == [
+        ("m", 64, "", 2, 4, "local"), ("m", 64, "flip", 1, 1, "ray")]
+    assert all(s["path"].parent == tmp_path / "vectors" and s["path"].exists() for s in shards)
+    assert store.scored_shas("m", 64) == set(dets) and store.scored_shas("m", 64, "flip") == {f"{5:064x}"}
+    _same(store.detections(f"{1:064x}", "m", 64), dets[f"{1:064x}"])
+    assert store.detections(f"{5:064x}", "m", 64, "flip") is None  # an error row has no detections
+    assert set(store.detections_many(list(dets) + ["nope"], "m", 64)) == set(dets)
+    pool = store.scored_pool(np.array([ids[3], 999, ids[0], ids[5], ids[1]]), "m", 64, n_classes=3)
+    assert pool.image_ids.tolist() == [ids[3], ids[0], ids[1]]
+    assert pool.hashes.tolist() == [[4, 7], [1, 1], [2, 3]]
+    assert pool.boxes_per_image.tolist() == [0, 0, 1]
+    store.put_detections("m", 64, [])  # nothing to write: no shard
+    assert len(store.shards()) == 2
+    store.close()
+
+
+def test_scored_pool_has_no_hashes_when_an_image_lacks_them(tmp_path):
+    store, ids = _store(tmp_path, 2)
+    extra, _ = store.add_image("f" * 64, "/p/new.png", 64, 48)
+    rng = np.random.default_rng(9)
+    store.put_detections("m", 64, [(f"{0:064x}", _det(rng, 1)), ("f" * 64, _det(rng, 2))])
+    assert store.scored_pool(np.array([ids[0], extra]), "m", 64).hashes is None
+    assert store.scored_pool(np.array([ids[0]]), "m", 64).hashes.tolist() == [[1, 1]]
+    many = np.array([ids[0]] * 1 + list(range(1000, 21_000)))  # the one-scan path of a large request
+    assert store.scored_pool(many, "m", 64).image_ids.tolist() == [ids[0]]
+    store.close()
+
+
+def test_a_shard_without_a_row_is_ignored_and_swept_when_old(tmp_path):
+    from labelwise.store import Store
+
+    store, _ = _store(tmp_path)
+    rng = np.random.default_rng(10)
+    store.put_detections("m", 64, [(f"{0:064x}", _det(rng, 1))])
+    # a write interrupted between its file and its row
+    orphan = store.vectors.write_shard(detections_table([(f"{1:064x}", _det(rng, 1))], "m", 64))
+    assert store.scored_shas("m", 64) == {f"{0:064x}"}
+    assert len(store.scored_pool(np.arange(1, 7), "m", 64)) == 1
+    store.close()
+    Store(tmp_path / "labelwise.db").close()
+    assert orphan.exists()  # young: perhaps a write in progress in another process
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    store = Store(tmp_path / "labelwise.db")
+    assert not orphan.exists() and len(store.shards()) == 1 and store.shards()[0]["path"].exists()
+    store.close()
+
+
+def test_a_failed_registration_removes_its_file(tmp_path, monkeypatch):
+    from labelwise.store import Store
+
+    store, _ = _store(tmp_path)
+    rng = np.random.default_rng(11)
+
+    def refuse(self, path):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(Store, "_relative", refuse)
+    with pytest.raises(RuntimeError, match="locked"):
+        store.put_detections("m", 64, [(f"{0:064x}", _det(rng, 1))])
+    assert store.shards() == [] and list((tmp_path / "vectors").glob("*.parquet")) == []
+    store.close()
+
+
+def test_drop_detections_forgets_one_model_rows_first_then_files(tmp_path):
+    store, _ = _store(tmp_path)
+    rng = np.random.default_rng(12)
+    store.put_detections("m1", 64, [(f"{0:064x}", _det(rng, 1))])
+    store.put_detections("m1", 64, [(f"{0:064x}", _det(rng, 1))], "flip")
+    store.put_detections("m2", 64, [(f"{0:064x}", _det(rng, 1))])
+    files = {s["model_hash"]: s["path"] for s in store.shards()}
+    store.drop_detections("m1")
+    assert [s["model_hash"] for s in store.shards()] == ["m2"]
+    assert store.scored_shas("m1", 64) == set() and store.scored_shas("m2", 64) == {f"{0:064x}"}
+    assert not files["m1"].exists() and files["m2"].exists()
+    store.close()
+
+
+def test_chunked_writes_are_merged_in_size_tiers_keeping_the_newest_copy(tmp_path):
+    from labelwise.store import COMPACT_FANOUT
+
+    store, ids = _store(tmp_path, 10)
+    rng = np.random.default_rng(13)
+    shas = [f"{i:064x}" for i in range(10)]
+    want: dict[str, ImageDetections] = {}
+    for k in range(COMPACT_FANOUT ** 2 + 1):  # one image per write, as scoring's chunks but smaller
+        sha = shas[k % 10]
+        want[sha] = _det(rng, int(rng.integers(0, 3)))
+        store.put_detections("m", 64, [(sha, want[sha])])
+    rows = [s["rows"] for s in store.shards()]
+    assert rows == [COMPACT_FANOUT ** 2 - 54, 1]  # 64 writes -> 8 -> 1 file, the 65th apart; 54 older copies gone
+    assert len(list((tmp_path / "vectors").iterdir())) == 2  # the merged files' sources are deleted
+    got = store.detections_many(shas, "m", 64)
+    for sha in shas:
+        _same(got[sha], want[sha])
+    pool = store.scored_pool(np.array(ids), "m", 64, n_classes=3)
+    assert np.array_equal(pool.embeddings, np.stack([want[s].embedding for s in shas]))
+    assert store.compact_detections("m", 64) == 2 and [s["rows"] for s in store.shards()] == [10]
+    assert store.compact_detections("m", 64) == 0
+    store.close()
+
+
+def test_register_shards_takes_files_another_writer_made(tmp_path):
+    store, ids = _store(tmp_path)
+    rng = np.random.default_rng(14)
+    run = tmp_path / "vectors" / "ray-run-1"
+    run.mkdir(parents=True)
+    dets = {f"{i:064x}": _det(rng, 2) for i in range(3)}
+    # as Ray Data writes them: its own file names, the schema's columns
+    pq.write_table(detections_table(list(dets.items())[:2], "m", 64), run / "0_000000_000000.parquet")
+    pq.write_table(detections_table(list(dets.items())[2:] + [(f"{4:064x}", "decode failed")], "m", 64),
+                   run / "1_000000_000000.parquet")
+    store.register_shards(sorted(run.glob("*.parquet")), round_no=3, engine="ray")
+    assert [(s["rows"], s["round"], s["engine"]) for s in store.shards()] == [(2, 3, "ray"), (1 + 1, 3, "ray")]
+    assert store.scored_shas("m", 64) == set(dets) | {f"{4:064x}"}
+    assert store.scored_pool(np.array(ids), "m", 64).image_ids.tolist() == ids[:3]
+    outside = tmp_path / "elsewhere.parquet"
+    pq.write_table(detections_table([(f"{0:064x}", _det(rng, 1))], "m", 64), outside)
+    with pytest.raises(ValueError, match="under"):
+        store.register_shards([outside])
+    pq.write_table(pa.table({"sha256": ["x"]}), run / "other.parquet")
+    with pytest.raises(ValueError, match="not a detections shard"):
+        store.register_shards([run / "other.parquet"])
+    assert len(store.shards()) == 2
+    store.close()

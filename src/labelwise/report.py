@@ -234,13 +234,14 @@ def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS
         parts.append(f'<section class="round" id="round-{r.round}"><h3>Round {r.round}: {len(picks)} images '
                      f"selected by {_e(name)} ({done} labeled)</h3>")
         figures = []
+        found = store.detections_many([p["sha256"] for p in picks[:max_thumbs_per_round]], r.model_hash,
+                                      cfg.imgsz) if r.model_hash else {}
         for p in picks[:max_thumbs_per_round]:
             labels = store.label(p["image_id"]) or []
             predictions: list[tuple] = []
-            if r.model_hash:
-                det = store.detections(p["sha256"], r.model_hash, cfg.imgsz)
-                if det is not None:
-                    predictions = [b for b in det.yolo_boxes() if b[5] >= PREDICTION_CONF]
+            det = found.get(p["sha256"])
+            if det is not None:
+                predictions = [b for b in det.yolo_boxes() if b[5] >= PREDICTION_CONF]
             jpeg = thumbnail(Path(p["path"]), labels, predictions, classes)
             components = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
                                    for k, v in list(p["components"].items())[:6])

@@ -1,13 +1,20 @@
 """The SQLite store: the single source of truth of a workspace.
 
 Everything that must survive a crash lives here: images (by content hash), labels (and every earlier version of
-them), rounds and the step each is at, cached detections, selections with every score component, quarantined files
-and the annotation backends' bookkeeping. WAL mode, and every change inside one transaction, so `kill -9` at any
-moment leaves the store as it was before the interrupted step or after it, never between.
+them), rounds and the step each is at, selections with every score component, quarantined files, the annotation
+backends' bookkeeping, and the index of the vector shards. WAL mode, and every change inside one transaction, so
+`kill -9` at any moment leaves the store as it was before the interrupted step or after it, never between.
+
+The cached detections (boxes, class scores, box features, embeddings) are not in SQLite: they are Parquet shards
+under `<workspace>/vectors/` (labelwise.vectors), and the table `shards` records which files are finished and which
+round's scores each holds. A shard file is written (atomically) first and registered after; a file without a row
+is ignored, and swept once it is older than ORPHAN_GRACE_S. `put_detections`, `scored_shas`, `detections`,
+`scored_pool` and `drop_detections` keep the signatures they had when the vectors were BLOBs here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -19,10 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from labelwise.detections import ImageDetections, ScoredPool, csr_offsets
+from labelwise.detections import ImageDetections, ScoredPool
+from labelwise.vectors import COMPACT_ROWS, VECTORS_DIR, VectorStore, detections_table
 
 STORE_NAME = "labelwise.db"
-SCHEMA_VERSION = 4  # 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected; 4: held
+# 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected; 4: held; 5: the detections BLOB
+# table became Parquet shards under vectors/ and the `shards` index
+SCHEMA_VERSION = 5
+LEGACY_DETECTIONS = "detections"  # the schema-4 BLOB table
+ORPHAN_GRACE_S = 3600.0  # a shard file without a row is deleted on open once it is this old (a write in progress
+#                          is never that old between its file and its row)
+COMPACT_FANOUT = 8  # shards of one size tier merged together (see Store._compact_tiers)
 
 # SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
@@ -85,24 +99,21 @@ CREATE TABLE IF NOT EXISTS rounds(
     started_at TEXT NOT NULL,
     finished_at TEXT
 );
-CREATE TABLE IF NOT EXISTS detections(
-    sha256 TEXT NOT NULL,
+-- The finished vector shards (labelwise.vectors): path relative to <workspace>/vectors, the file holding `rows` rows
+-- of (model_hash, imgsz, variant), the scores of `round` (NULL: before any round, or unknown), written by `engine`.
+-- Within a key, the shard with the higher id wins for an image found in two.
+CREATE TABLE IF NOT EXISTS shards(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
     model_hash TEXT NOT NULL,
     imgsz INTEGER NOT NULL,
     variant TEXT NOT NULL DEFAULT '',
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    n_boxes INTEGER NOT NULL,
-    n_classes INTEGER NOT NULL,
-    max_candidate REAL NOT NULL,
-    boxes BLOB NOT NULL,
-    class_scores BLOB NOT NULL,
-    embedding BLOB NOT NULL,
-    -- last on purpose: it is the large blob, and SQLite must walk a blob's overflow pages to reach any column
-    -- stored after it. Selection reads every other column of 80,000 rows and never this one.
-    box_features BLOB NOT NULL,
-    PRIMARY KEY (model_hash, imgsz, variant, sha256)
+    round INTEGER,
+    rows INTEGER NOT NULL,
+    engine TEXT NOT NULL,
+    created TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS shards_key ON shards(model_hash, imgsz, variant);
 CREATE TABLE IF NOT EXISTS selections(
     round INTEGER NOT NULL,
     image_id INTEGER NOT NULL REFERENCES images(id),
@@ -172,15 +183,23 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
+        self.vectors = VectorStore(self.path.absolute().parent / VECTORS_DIR, index=self._shard_paths)
         with self.transaction():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
             self._migrate()
-            self.conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),)
-            )
+            # With the BLOB table still there, everything but the vectors is up to date: version 4 until they move.
+            self._set_version(SCHEMA_VERSION - 1 if self._has_legacy_detections() else SCHEMA_VERSION)
+        self.sweep_orphans(ORPHAN_GRACE_S)
+
+    def _set_version(self, version: int) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(version),))
+
+    def _has_legacy_detections(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                 (LEGACY_DETECTIONS,)).fetchone() is not None
 
     def _migrate(self) -> None:
         """Bring a store made by an earlier labelwise up to SCHEMA (inside the opening transaction, so a failed
@@ -457,84 +476,191 @@ class Store:
         with self.transaction() as c:
             c.execute(f"UPDATE rounds SET {cols} WHERE round=?", (*fields.values(), round_no))
 
-    # -- detections cache ----------------------------------------------------------------------------------------
+    # -- detections cache: Parquet shards under vectors/ (labelwise.vectors), indexed in `shards` --------------
 
-    def put_detections(self, model_hash: str, imgsz: int, items: Iterable[tuple[str, ImageDetections]],
-                       variant: str = "") -> None:
+    def _relative(self, path: Path) -> str:
+        path = Path(path).absolute()
+        root = self.vectors.root.absolute()
+        if not path.is_relative_to(root):
+            raise ValueError(f"a shard must lie under {root}, got {path}")
+        return path.relative_to(root).as_posix()
+
+    def _shard_paths(self, model_hash: str, imgsz: int, variant: str) -> list[Path]:
+        rows = self.conn.execute("SELECT path FROM shards WHERE model_hash=? AND imgsz=? AND variant=? ORDER BY id",
+                                 (model_hash, int(imgsz), variant))
+        return [self.vectors.root / r[0] for r in rows]
+
+    def shards(self, model_hash: str | None = None) -> list[dict[str, Any]]:
+        """The registered shards (every column of `shards`, `path` absolute), by id; of one model when given."""
+        sql, args = "SELECT * FROM shards", ()
+        if model_hash is not None:
+            sql, args = sql + " WHERE model_hash=?", (model_hash,)
+        return [{**dict(r), "path": self.vectors.root / r["path"]} for r in self.conn.execute(sql + " ORDER BY id",
+                                                                                              args)]
+
+    def _round_now(self) -> int | None:
+        row = self.conn.execute("SELECT MAX(round) FROM rounds").fetchone()
+        return row[0] if row else None
+
+    def register_shards(self, paths: Iterable[Path], *, round_no: int | None = None, engine: str = "local") -> None:
+        """Record finished shard files (DETECTIONS_SCHEMA, each of one model, size and variant; anywhere under
+        vectors/, e.g. the files Ray Data wrote) in one transaction, in the order given (a later one wins for an
+        image found in two). `round_no` defaults to the current round. The files must be complete: this is the
+        moment they count."""
+        from labelwise.vectors import shard_info
+
+        infos = [(Path(p), *shard_info(p)) for p in paths]
+        round_no = self._round_now() if round_no is None else round_no
+        stamp = now()
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO detections(sha256, model_hash, imgsz, variant, width, height, n_boxes,"
-                " n_classes, max_candidate, boxes, class_scores, embedding, box_features)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (sha, model_hash, imgsz, variant, d.width, d.height, d.n_boxes, d.class_scores.shape[1],
-                     float(d.max_candidate_score), d.boxes.astype(np.float32).tobytes(),
-                     d.class_scores.astype(np.float32).tobytes(), d.embedding.astype(np.float16).tobytes(),
-                     d.box_features.astype(np.float16).tobytes())
-                    for sha, d in items
-                ],
-            )
+                "INSERT INTO shards(path, model_hash, imgsz, variant, round, rows, engine, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self._relative(p), mh, sz, var, round_no, n, engine, stamp) for p, mh, sz, var, n in infos])
+
+    def put_detections(self, model_hash: str, imgsz: int, items: Iterable[tuple[str, ImageDetections | str]],
+                       variant: str = "", *, round_no: int | None = None, engine: str = "local") -> None:
+        """Write `items` as one new shard and register it (round: `round_no`, default the current round). An item
+        whose detections are a string records an image that could not be scored, with the reason. For an image
+        already cached under the same key, the new row wins."""
+        items = list(items)
+        if not items:
+            return
+        table = detections_table(items, model_hash, imgsz, variant)
+        path = self.vectors.write_shard(table)
+        try:
+            with self.transaction() as c:
+                c.execute("INSERT INTO shards(path, model_hash, imgsz, variant, round, rows, engine, created)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (self._relative(path), model_hash, int(imgsz), variant,
+                           self._round_now() if round_no is None else round_no, table.num_rows, engine, now()))
+        except BaseException:
+            self.vectors.remove([path])
+            raise
+        self._compact_tiers(model_hash, imgsz, variant)
+
+    def compact_detections(self, model_hash: str, imgsz: int, variant: str = "") -> int:
+        """Merge the key's trailing run of small shards (fewer than COMPACT_ROWS rows each, of one round and
+        engine) into as few files as fit. Returns how many shards were merged (0: nothing to do)."""
+        rows = self._key_shards(model_hash, imgsz, variant)
+        run: list[sqlite3.Row] = []
+        for r in reversed(rows):
+            if r["rows"] >= COMPACT_ROWS or (run and (r["round"], r["engine"]) != (run[0]["round"], run[0]["engine"])):
+                break
+            run.append(r)
+        run.reverse()
+        if len(run) < 2:
+            return 0
+        self._merge(model_hash, imgsz, variant, run)
+        return len(run)
+
+    def _key_shards(self, model_hash: str, imgsz: int, variant: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT id, path, round, engine, rows FROM shards WHERE model_hash=? AND imgsz=?"
+                                 " AND variant=? ORDER BY id", (model_hash, int(imgsz), variant)).fetchall()
+
+    def _compact_tiers(self, model_hash: str, imgsz: int, variant: str) -> int:
+        """Size-tiered merging after each write: while the key's last COMPACT_FANOUT shards are of one size tier
+        (rows in [F^t, F^(t+1)), F the fan-out), one round and engine, and fit in COMPACT_ROWS together, they become
+        one. Scoring writes a shard per chunk of images; this keeps the number of files of a key logarithmic, and
+        each row is rewritten at most log_F(COMPACT_ROWS / chunk) times. Only a suffix is ever merged, so the order
+        that decides which copy of an image wins is kept."""
+        merged = 0
+        while True:
+            rows = self._key_shards(model_hash, imgsz, variant)[-COMPACT_FANOUT:]
+            if len(rows) < COMPACT_FANOUT:
+                return merged
+            tiers = {_tier(r["rows"]) for r in rows}
+            same = len({(r["round"], r["engine"]) for r in rows}) == 1
+            if len(tiers) != 1 or not same or sum(r["rows"] for r in rows) > COMPACT_ROWS:
+                return merged
+            self._merge(model_hash, imgsz, variant, rows)
+            merged += len(rows)
+
+    def _merge(self, model_hash: str, imgsz: int, variant: str, run: list[sqlite3.Row]) -> None:
+        """Replace the shards `run` (consecutive, in id order) by merged files: written first, then one transaction
+        swaps the rows, then the old files go."""
+        old = [self.vectors.root / r["path"] for r in run]
+        merged = self.vectors.compact(old)
+        try:
+            with self.transaction() as c:
+                c.executemany("DELETE FROM shards WHERE id=?", [(r["id"],) for r in run])
+                c.executemany(
+                    "INSERT INTO shards(path, model_hash, imgsz, variant, round, rows, engine, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(self._relative(p), model_hash, int(imgsz), variant, run[-1]["round"], n, run[-1]["engine"],
+                      now()) for p, n in merged])
+        except BaseException:
+            self.vectors.remove(p for p, _ in merged)
+            raise
+        self.vectors.remove(old)
 
     def drop_detections(self, model_hash: str) -> None:
+        """Forget every cached detection of `model_hash`: the rows go in one transaction, then the files."""
         with self.transaction() as c:
-            c.execute("DELETE FROM detections WHERE model_hash=?", (model_hash,))
+            paths = [self.vectors.root / r[0] for r in c.execute("SELECT path FROM shards WHERE model_hash=?",
+                                                                 (model_hash,))]
+            c.execute("DELETE FROM shards WHERE model_hash=?", (model_hash,))
+        self.vectors.remove(paths)
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_GRACE_S) -> list[Path]:
+        """Delete the files directly in vectors/ that no row names (interrupted writes), last changed at least
+        `min_age_s` ago. Returns them."""
+        registered = {self.vectors.root / r[0] for r in self.conn.execute("SELECT path FROM shards")}
+        try:
+            orphans = self.vectors.orphans(registered, min_age_s)
+        except OSError:
+            return []
+        self.vectors.remove(orphans)
+        return orphans
 
     def scored_shas(self, model_hash: str, imgsz: int, variant: str = "") -> set[str]:
-        rows = self.conn.execute(
-            "SELECT sha256 FROM detections WHERE model_hash=? AND imgsz=? AND variant=?", (model_hash, imgsz, variant)
-        )
-        return {r[0] for r in rows}
+        """The images with a finished row for (model, size, variant): scored, or recorded as not scorable."""
+        return self.vectors.scored_shas(model_hash, imgsz, variant)
 
     def detections(self, sha256: str, model_hash: str, imgsz: int, variant: str = "") -> ImageDetections | None:
-        row = self.conn.execute(
-            "SELECT * FROM detections WHERE sha256=? AND model_hash=? AND imgsz=? AND variant=?",
-            (sha256, model_hash, imgsz, variant),
-        ).fetchone()
-        return _detections(row) if row else None
+        return self.detections_many([sha256], model_hash, imgsz, variant).get(sha256)
+
+    def detections_many(self, shas: Iterable[str], model_hash: str, imgsz: int,
+                        variant: str = "") -> dict[str, ImageDetections]:
+        """The cached detections of `shas` (those that have them), in one pass over the key's shards."""
+        found = self.vectors.detections(shas, model_hash, imgsz, variant)
+        return {sha: d for sha, d in found.items() if not isinstance(d, str)}
 
     def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "",
                     n_classes: int | None = None) -> ScoredPool:
         """The cached detections of `image_ids` packed for the core, in the order of `image_ids` (ids without
-        detections are left out). One SQL pass and one `np.frombuffer` per column: 80,000 images in well under a
-        second. `hashes` is None when any of the images has no perceptual hashes yet (see `image_hashes`)."""
-        order = {int(image_id): k for k, image_id in enumerate(image_ids)}
-        # CROSS JOIN: SQLite keeps `images` outer, probing the primary key
-        sql = ("SELECT i.id, d.width, d.height, d.n_boxes, d.n_classes, d.max_candidate, d.boxes, d.class_scores,"
-               " d.embedding, i.phash, i.dhash FROM images i CROSS JOIN detections d ON d.sha256 = i.sha256"
-               " AND d.model_hash=? AND d.imgsz=? AND d.variant=?")
-        if len(order) > 20_000:  # most of the pool: one scan beats many index probes
-            rows = [r for r in self.conn.execute(sql, (model_hash, imgsz, variant)) if r[0] in order]
+        detections are left out). The ids' hashes come from SQLite in one pass; the vectors from the shards,
+        memory-mapped, only the columns selection needs (labelwise.vectors). `hashes` is None when any of the
+        images has no perceptual hashes yet (see `image_hashes`)."""
+        ids = np.asarray(image_ids, dtype=np.int64).ravel()
+        wanted = {int(i) for i in ids} if len(ids) <= 20_000 else None
+        if wanted is None:  # most of the pool: one scan beats many index probes
+            rows = self.conn.execute("SELECT id, sha256, phash, dhash FROM images").fetchall()
         else:
-            ids = list(order)
-            rows = []
-            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-                chunk = ids[start:start + 900]
-                rows.extend(self.conn.execute(f"{sql} WHERE i.id IN ({','.join('?' * len(chunk))})",
-                                              (model_hash, imgsz, variant, *chunk)))
-        rows.sort(key=lambda r: order[r[0]])
-        ncs = {r[4] for r in rows}
-        if n_classes is None and ncs:
-            n_classes = ncs.pop() if len(ncs) == 1 else -1
-        if any(nc != n_classes for nc in {r[4] for r in rows}):
-            raise ValueError(f"cached detections have {sorted({r[4] for r in rows})} classes, expected {n_classes}")
-        nc = n_classes or 0
-        counts = np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows))
-        offsets = csr_offsets(counts)
-        sizes = np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
-        boxes = np.frombuffer(b"".join(r[6] for r in rows), dtype=np.float32).reshape(-1, 4)
-        scale = np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
-        embeddings = np.frombuffer(b"".join(r[8] for r in rows), dtype=np.float16)
-        return ScoredPool(
-            image_ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-            embeddings=embeddings.reshape(len(rows), -1).astype(np.float32) if rows else np.zeros((0, 0), np.float32),
-            box_offsets=offsets,
-            class_scores=np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(-1, nc)
-            if nc else np.zeros((0, 0), np.float32),
-            boxes=boxes / scale if len(boxes) else np.zeros((0, 4), np.float32),
-            max_candidate_score=np.fromiter((r[5] for r in rows), dtype=np.float32, count=len(rows)),
-            hashes=None if any(r[9] is None or r[10] is None for r in rows)
-            else _unsigned([(r[9], r[10]) for r in rows]),
-        )
+            rows, chunked = [], sorted(wanted)
+            for start in range(0, len(chunked), 900):  # SQLite's bound-parameter limit
+                chunk = chunked[start:start + 900]
+                rows.extend(self.conn.execute(
+                    f"SELECT id, sha256, phash, dhash FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        if rows:
+            row_ids, shas, phash, dhash = (list(col) for col in zip(*rows))
+        else:
+            row_ids, shas, phash, dhash = [], [], [], []
+        row_ids_np = np.asarray(row_ids, dtype=np.int64)
+        by_id = np.argsort(row_ids_np, kind="stable")
+        sorted_ids = row_ids_np[by_id]
+        at = np.searchsorted(sorted_ids, ids)
+        found = at < len(sorted_ids)
+        found[found] = sorted_ids[at[found]] == ids[found]
+        rows_of_ids = by_id[at[found]]
+        pool = self.vectors.scored_pool(model_hash, imgsz, variant, [shas[k] for k in rows_of_ids],
+                                        ids[found], n_classes=n_classes)
+        if not len(pool):
+            return dataclasses.replace(pool, hashes=_unsigned([]))
+        rows_of_pool = by_id[np.searchsorted(sorted_ids, pool.image_ids)]
+        pairs = [(phash[k], dhash[k]) for k in rows_of_pool]
+        hashes = None if any(p is None or d is None for p, d in pairs) else _unsigned(pairs)
+        return dataclasses.replace(pool, hashes=hashes)
 
     # -- selections ----------------------------------------------------------------------------------------------
 
@@ -603,15 +729,9 @@ def _round(row: sqlite3.Row) -> RoundRow:
     return RoundRow(**d)
 
 
-def _detections(row: sqlite3.Row) -> ImageDetections:
-    n, nc = row["n_boxes"], row["n_classes"]
-    features = np.frombuffer(row["box_features"], dtype=np.float16)
-    return ImageDetections(
-        boxes=np.frombuffer(row["boxes"], dtype=np.float32).reshape(n, 4),
-        class_scores=np.frombuffer(row["class_scores"], dtype=np.float32).reshape(n, nc),
-        box_features=features.reshape(n, -1) if n else np.zeros((0, 0), np.float16),
-        embedding=np.frombuffer(row["embedding"], dtype=np.float16).astype(np.float32),
-        max_candidate_score=row["max_candidate"],
-        width=row["width"],
-        height=row["height"],
-    )
+def _tier(rows: int) -> int:
+    tier = 0
+    while rows >= COMPACT_FANOUT:
+        rows //= COMPACT_FANOUT
+        tier += 1
+    return tier

@@ -97,13 +97,14 @@ def batch(ctx: WorkspaceContext, round_no: int | None = None) -> Batch:
     if current is None or current.step not in ("annotate", "done"):
         raise LoopError("no batch has been selected yet; run `labelwise select`")
     rows = ctx.store.selection(current.round)
+    found = ctx.store.detections_many([r["sha256"] for r in rows], current.model_hash,
+                                      ctx.config.imgsz) if current.model_hash else {}
     items = []
     for r in rows:
         preds: tuple = ()
-        if current.model_hash:
-            det = ctx.store.detections(r["sha256"], current.model_hash, ctx.config.imgsz)
-            if det is not None:
-                preds = tuple(b for b in det.yolo_boxes() if b[5] >= 0.25)
+        det = found.get(r["sha256"])
+        if det is not None:
+            preds = tuple(b for b in det.yolo_boxes() if b[5] >= 0.25)
         items.append(BatchItem(
             image_id=r["image_id"], sha256=r["sha256"], path=Path(r["path"]), width=r["width"],
             height=r["height"], rank=r["rank"], score=r["score"], components=r["components"],

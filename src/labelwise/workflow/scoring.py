@@ -70,9 +70,10 @@ def agreement_with_previous(ctx: WorkspaceContext, current: Any, stop_set_size: 
     shas = sorted(img.sha256 for state in ("unlabeled", "selected")
                   for img in ctx.store.images(split="pool", state=state))[:stop_set_size]
     pairs = []
+    before = ctx.store.detections_many(shas, prev_hash, ctx.config.imgsz)  # one pass over each model's shards
+    after = ctx.store.detections_many(shas, current.model_hash, ctx.config.imgsz)
     for sha in shas:
-        a = ctx.store.detections(sha, prev_hash, ctx.config.imgsz)
-        b = ctx.store.detections(sha, current.model_hash, ctx.config.imgsz)
+        a, b = before.get(sha), after.get(sha)
         if a is None or b is None:
             continue
         pairs.append(tuple((d.boxes[keep], d.class_scores[keep].argmax(axis=1)) for d in (a, b)
