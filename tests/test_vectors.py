@@ -331,3 +331,160 @@ def test_register_shards_takes_files_another_writer_made(tmp_path):
         store.register_shards([run / "other.parquet"])
     assert len(store.shards()) == 2
     store.close()
+
+
+# -- migration of a workspace written by the schema-4 store (BLOBs in SQLite) -----------------------------------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "workspace-schema4.zip"
+
+
+def _unzip_fixture(tmp_path: Path) -> tuple[Path, dict]:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(FIXTURE) as zf:
+        zf.extractall(tmp_path)
+    root = tmp_path / "ws"
+    return root, json.loads((root / "expected.json").read_text())
+
+
+def _array(spec: dict | None) -> np.ndarray | None:
+    return None if spec is None else np.array(spec["data"], dtype=spec["dtype"]).reshape(spec["shape"])
+
+
+def _legacy_state(db: Path) -> tuple[str, int]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        has = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='detections'").fetchone()[0]
+        rows = conn.execute("SELECT COUNT(*) FROM detections").fetchone()[0] if has else -1
+    conn.close()
+    return version, rows
+
+
+def _check_against_the_blobs(store, expected: dict, imgsz: int = 32) -> None:
+    """Everything the schema-4 store returned (recorded in the fixture when it was made) comes back the same."""
+    pool_ids = np.array([img.id for img in store.images(split="pool")], dtype=np.int64)
+    assert expected["variants"]  # a plain and a flip pass
+    for key, want in expected["variants"].items():
+        model_hash, variant = key.split("/")
+        assert sorted(store.scored_shas(model_hash, imgsz, variant)) == want["scored_shas"]
+        pool = store.scored_pool(pool_ids, model_hash, imgsz, variant, n_classes=2)
+        for name, spec in want["scored_pool"].items():
+            got, ref = getattr(pool, name), _array(spec)
+            if ref is None:
+                assert got is None, name
+            else:
+                assert got.dtype == ref.dtype and got.shape == ref.shape and np.array_equal(got, ref), (key, name)
+        found = store.detections_many(list(want["detections"]), model_hash, imgsz, variant)
+        for sha, spec in want["detections"].items():
+            if spec is None:
+                assert sha not in found and store.detections(sha, model_hash, imgsz, variant) is None
+                continue
+            det = found[sha]
+            for name in ("boxes", "class_scores", "embedding"):
+                ref = _array(spec[name])
+                assert getattr(det, name).dtype == ref.dtype and np.array_equal(getattr(det, name), ref), name
+            ref = _array(spec["box_features"])
+            assert det.box_features.dtype == np.float16 and np.array_equal(det.box_features.ravel(), ref.ravel())
+            assert det.box_features.shape[0] == ref.shape[0]
+            # the BLOB table kept it as a REAL; the schema keeps float32, as selection always read it
+            assert det.max_candidate_score == float(np.float32(spec["max_candidate_score"]))
+            assert (det.width, det.height) == (spec["width"], spec["height"])
+    assert store.counts() == expected["counts"]
+    assert [[r.round, r.step, r.model_hash] for r in store.rounds()] == expected["rounds"]
+    assert sorted(img.id for img, _ in store.labels("pool")) == expected["labeled"]
+
+
+def test_a_workspace_written_by_the_schema4_store_migrates_on_first_open(tmp_path):
+    from labelwise.store import SCHEMA_VERSION, Store
+
+    root, expected = _unzip_fixture(tmp_path)
+    db = root / "labelwise.db"
+    assert _legacy_state(db) == ("4", 16)  # 9 plain rows, 7 flip rows
+    assert not (root / "vectors").exists()
+    store = Store(db)
+    assert _legacy_state(db) == (str(SCHEMA_VERSION), -1)  # the BLOB table is gone
+    shards = store.shards()
+    model_hash = expected["rounds"][-1][2]
+    assert [(s["model_hash"], s["imgsz"], s["variant"], s["round"], s["rows"], s["engine"]) for s in shards] == [
+        (model_hash, 32, "", 2, 9, "migrated"), (model_hash, 32, "flip", 2, 7, "migrated")]
+    assert sorted(p.name for p in (root / "vectors").iterdir()) == sorted(s["path"].name for s in shards)
+    _check_against_the_blobs(store, expected)
+    store.close()
+
+    before = {p: p.stat().st_mtime_ns for p in (root / "vectors").iterdir()}
+    store = Store(db)  # opening again changes nothing
+    assert store.shards() == shards
+    assert {p: p.stat().st_mtime_ns for p in (root / "vectors").iterdir()} == before
+    _check_against_the_blobs(store, expected)
+    store.close()
+
+
+def test_a_migrated_workspace_selects_the_same_batch_with_the_same_scores(tmp_path):
+    from labelwise.loop import Workspace
+
+    root, expected = _unzip_fixture(tmp_path)
+    ws = Workspace(root)
+    status = ws.status()
+    assert (status.round, status.step) == (2, "annotate") and status.counts == expected["counts"]
+    ws.select()  # the round's batch again (allowed while none of it is labeled): consistency, plain + flip passes
+    again = [[p["image_id"], p["rank"], p["score"], p["components"], p["reason"]] for p in ws.store.selection(2)]
+    assert again == expected["selection_2"]
+    ws.store.close()
+
+
+def test_a_migration_interrupted_before_its_transaction_leaves_the_old_store_and_runs_again(tmp_path, monkeypatch):
+    import labelwise.store as store_module
+    from labelwise.store import SCHEMA_VERSION, Store
+
+    root, expected = _unzip_fixture(tmp_path)
+    db = root / "labelwise.db"
+
+    def killed() -> str:
+        raise KeyboardInterrupt("killed between the files and the transaction")
+
+    # as `kill -9` would leave it: the shard files written, nothing deleted, no transaction
+    monkeypatch.setattr(store_module, "now", killed)
+    monkeypatch.setattr(VectorStore, "remove", lambda self, paths: None)
+    with pytest.raises(KeyboardInterrupt):
+        Store(db)
+    monkeypatch.undo()
+    assert _legacy_state(db) == ("4", 16)  # the old store, whole
+    left = sorted((root / "vectors").iterdir())
+    assert len(left) == 2  # the interrupted attempt's files: orphans
+
+    store = Store(db)  # the next open migrates again
+    assert _legacy_state(db) == (str(SCHEMA_VERSION), -1)
+    registered = sorted(s["path"] for s in store.shards())
+    assert len(registered) == 2 and not set(registered) & set(left)
+    _check_against_the_blobs(store, expected)  # the orphans are not read
+    assert store.sweep_orphans(min_age_s=0) == left
+    assert sorted((root / "vectors").iterdir()) == registered
+    _check_against_the_blobs(store, expected)
+    store.close()
+
+
+def test_a_failed_shard_write_during_migration_removes_what_it_wrote(tmp_path, monkeypatch):
+    from labelwise.store import Store
+
+    root, expected = _unzip_fixture(tmp_path)
+    db = root / "labelwise.db"
+    real = VectorStore.write_shards
+    calls = []
+
+    def second_fails(self, tables, max_rows):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real(self, tables, max_rows=max_rows)
+
+    monkeypatch.setattr(VectorStore, "write_shards", second_fails)
+    with pytest.raises(OSError, match="No space"):
+        Store(db)
+    monkeypatch.undo()
+    assert _legacy_state(db) == ("4", 16) and list((root / "vectors").iterdir()) == []
+    store = Store(db)
+    _check_against_the_blobs(store, expected)
+    store.close()

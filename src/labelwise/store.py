@@ -10,6 +10,10 @@ under `<workspace>/vectors/` (labelwise.vectors), and the table `shards` records
 round's scores each holds. A shard file is written (atomically) first and registered after; a file without a row
 is ignored, and swept once it is older than ORPHAN_GRACE_S. `put_detections`, `scored_shas`, `detections`,
 `scored_pool` and `drop_detections` keep the signatures they had when the vectors were BLOBs here.
+
+A store made before (schema 4, the BLOB table `detections`) migrates when it is first opened: its rows are written
+as shards, then one transaction registers them, drops the table and sets the schema version. A crash before that
+transaction leaves the old table in place (the files written so far are orphans) and the next open migrates again.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ STORE_NAME = "labelwise.db"
 # 2: images.phash, images.dhash; 3: quarantine.sha256, quarantine.label_rejected; 4: held; 5: the detections BLOB
 # table became Parquet shards under vectors/ and the `shards` index
 SCHEMA_VERSION = 5
-LEGACY_DETECTIONS = "detections"  # the schema-4 BLOB table
+LEGACY_DETECTIONS = "detections"  # the schema-4 BLOB table, migrated on open (see Store._migrate_vectors)
 ORPHAN_GRACE_S = 3600.0  # a shard file without a row is deleted on open once it is this old (a write in progress
 #                          is never that old between its file and its row)
 COMPACT_FANOUT = 8  # shards of one size tier merged together (see Store._compact_tiers)
+_LEGACY_CHUNK = 20_000  # BLOB rows read at a time when migrating
 
 # SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
@@ -191,6 +196,8 @@ class Store:
             self._migrate()
             # With the BLOB table still there, everything but the vectors is up to date: version 4 until they move.
             self._set_version(SCHEMA_VERSION - 1 if self._has_legacy_detections() else SCHEMA_VERSION)
+        if self._has_legacy_detections():
+            self._migrate_vectors()
         self.sweep_orphans(ORPHAN_GRACE_S)
 
     def _set_version(self, version: int) -> None:
@@ -200,6 +207,53 @@ class Store:
     def _has_legacy_detections(self) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                                  (LEGACY_DETECTIONS,)).fetchone() is not None
+
+    def _migrate_vectors(self) -> None:
+        """Schema 4 -> 5: the BLOB rows of `detections` become Parquet shards (one or more per model, size and
+        variant, the round the first round that recorded the model), then ONE transaction registers them, drops the
+        table and sets the version. Interrupted before that transaction, the store is as it was (the table and
+        version 4; the files written are unregistered orphans) and the next open starts over. Two processes opening
+        the store at once: the second finds the table gone in its transaction and deletes its own files."""
+        rounds: dict[str, int] = {}
+        for model_hash, round_no in self.conn.execute(
+                "SELECT model_hash, MIN(round) FROM rounds WHERE model_hash IS NOT NULL GROUP BY model_hash"):
+            rounds[model_hash] = round_no
+        keys = self.conn.execute(f"SELECT DISTINCT model_hash, imgsz, variant FROM {LEGACY_DETECTIONS}"
+                                 " ORDER BY model_hash, imgsz, variant").fetchall()
+        written: list[tuple[Path, int, str, int, str]] = []
+        try:
+            for model_hash, imgsz, variant in keys:
+                cursor = self.conn.execute(
+                    f"SELECT * FROM {LEGACY_DETECTIONS} WHERE model_hash=? AND imgsz=? AND variant=? ORDER BY sha256",
+                    (model_hash, imgsz, variant))
+
+                def tables(cursor: sqlite3.Cursor = cursor, key: tuple = (model_hash, imgsz, variant)) -> Iterator:
+                    while rows := cursor.fetchmany(_LEGACY_CHUNK):
+                        yield detections_table(((r["sha256"], _legacy_detections(r)) for r in rows), *key)
+
+                for path, n in self.vectors.write_shards(tables(), max_rows=COMPACT_ROWS):
+                    written.append((path, n, model_hash, imgsz, variant))
+            with self.transaction() as c:
+                if not self._has_legacy_detections():  # another process migrated meanwhile
+                    raise _AlreadyMigrated
+                stamp = now()
+                c.executemany(
+                    "INSERT INTO shards(path, model_hash, imgsz, variant, round, rows, engine, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'migrated', ?)",
+                    [(self._relative(path), model_hash, imgsz, variant, rounds.get(model_hash), n, stamp)
+                     for path, n, model_hash, imgsz, variant in written])
+                c.execute(f"DROP TABLE {LEGACY_DETECTIONS}")
+                self._set_version(SCHEMA_VERSION)
+        except _AlreadyMigrated:
+            self.vectors.remove(p for p, *_ in written)
+            return
+        except BaseException:
+            self.vectors.remove(p for p, *_ in written)
+            raise
+        try:  # give the BLOBs' pages back to the file system (best effort: another connection may hold the file)
+            self.conn.execute("VACUUM")
+        except sqlite3.OperationalError:
+            pass
 
     def _migrate(self) -> None:
         """Bring a store made by an earlier labelwise up to SCHEMA (inside the opening transaction, so a failed
@@ -735,3 +789,22 @@ def _tier(rows: int) -> int:
         rows //= COMPACT_FANOUT
         tier += 1
     return tier
+
+
+class _AlreadyMigrated(Exception):
+    pass
+
+
+def _legacy_detections(row: sqlite3.Row) -> ImageDetections:
+    """A row of the schema-4 BLOB table `detections` as the store returned it."""
+    n, nc = row["n_boxes"], row["n_classes"]
+    features = np.frombuffer(row["box_features"], dtype=np.float16)
+    return ImageDetections(
+        boxes=np.frombuffer(row["boxes"], dtype=np.float32).reshape(n, 4),
+        class_scores=np.frombuffer(row["class_scores"], dtype=np.float32).reshape(n, nc),
+        box_features=features.reshape(n, -1) if n else np.zeros((0, 0), np.float16),
+        embedding=np.frombuffer(row["embedding"], dtype=np.float16).astype(np.float32),
+        max_candidate_score=row["max_candidate"],
+        width=row["width"],
+        height=row["height"],
+    )
