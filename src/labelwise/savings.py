@@ -393,3 +393,65 @@ def labels_to_reach_seeds(curves: Sequence[Curve], target: float) -> LabelsToRea
     reached = [v for v in per_seed if v is not None]
     mean = float(np.mean(reached)) if per_seed and len(reached) == len(per_seed) else None
     return LabelsToReach(target=float(target), per_seed=per_seed, mean=mean, n_reached=len(reached))
+
+
+# -- two models against each other, over seeds (the dividend experiment) ---------------------------------------------
+
+WITHIN_NOISE = "within noise"
+NOISE_UNKNOWN = "noise unknown"
+
+
+@dataclass(frozen=True)
+class ArmComparison:
+    """Arm a against arm b (e.g. mAP50 of the model trained on the strategy's batch against the one trained on a
+    random batch), each trained once per seed, seed s of both arms paired (same seed, same start, same settings).
+
+    difference: `mean_ci` of the paired per-seed differences a_s - b_s.
+    noise_sd: the seed-to-seed noise, the larger of the two arms' sample standard deviations over seeds; None with
+        one seed (no spread can be measured).
+    verdict: "better" / "worse" (a over b, beyond the noise), WITHIN_NOISE, or NOISE_UNKNOWN (one seed).
+    text: the verdict in words, with the numbers it rests on.
+    """
+
+    difference: MeanCI
+    noise_sd: float | None
+    verdict: str
+    text: str
+
+
+def compare_arms(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+                 what: str = "mAP50", names: tuple[str, str] = ("the strategy", "random")) -> ArmComparison:
+    """Is arm a different from arm b by more than the seed-to-seed noise? Pure: numbers in, verdict out.
+
+    With n >= 2 paired seeds, the difference d = mean(a_s - b_s) counts only when BOTH
+      - |d| > noise_sd (larger than what changing the seed alone moves either arm by), and
+      - the `confidence` Student-t interval of the paired differences excludes 0;
+    otherwise it is WITHIN_NOISE. With one seed nothing measures the noise: NOISE_UNKNOWN, and the text suggests
+    repeating the trainings on 3 seeds.
+    """
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.size != y.size or x.size == 0:
+        raise ValueError(f"compare_arms needs the same number (>= 1) of seeds per arm, got {x.size} and {y.size}")
+    diff = mean_ci(x - y, confidence)
+    first, second = names
+    d = diff.mean
+    if x.size == 1:
+        return ArmComparison(diff, None, NOISE_UNKNOWN,
+                             f"{NOISE_UNKNOWN}: {first} minus {second} is {d:+.3f} {what} on one seed, and one seed "
+                             "cannot tell a real difference from seed-to-seed noise; run it with --seeds 3 (the "
+                             "trainings done so far are kept)")
+    noise = float(max(x.std(ddof=1), y.std(ddof=1)))
+    ci = f"{diff.confidence:.0%} CI {diff.low:+.3f} to {diff.high:+.3f} over {x.size} seeds"
+    if abs(d) <= noise:
+        return ArmComparison(diff, noise, WITHIN_NOISE,
+                             f"{WITHIN_NOISE}: {first} minus {second} is {d:+.3f} {what} ({ci}), no larger than the "
+                             f"seed-to-seed noise (sd {noise:.3f})")
+    if diff.low <= 0.0 <= diff.high:
+        return ArmComparison(diff, noise, WITHIN_NOISE,
+                             f"{WITHIN_NOISE}: {first} minus {second} is {d:+.3f} {what}, but its {ci} includes 0 "
+                             f"(seed-to-seed sd {noise:.3f})")
+    verdict = "better" if d > 0 else "worse"
+    return ArmComparison(diff, noise, verdict,
+                         f"{first} is {verdict} than {second} by {abs(d):.3f} {what} ({ci}), beyond the seed-to-seed "
+                         f"noise (sd {noise:.3f})")
