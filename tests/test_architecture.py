@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 CORE = ["uncertainty", "diversity", "committee", "consistency", "balance", "selection", "stopping", "savings",
-        "boxes", "detections"]
+        "boxes", "detections", "quality"]
 IO_MODULES = ["sqlite3", "ultralytics", "torch", "httpx", "PIL", "cv2", "matplotlib", "labelwise.store",
               "labelwise.workflow", "labelwise.loop"]
 ADAPTERS = ["store", "vectors", "pool", "config", "fileio", "archive", "progress", "detectors.base",
