@@ -71,6 +71,7 @@ from labelwise.annotation import BACKENDS
 from labelwise.detectors.ultralytics import DEFAULT_MODEL  # a constant: that module imports Ultralytics lazily
 from labelwise.engines import ENGINES
 from labelwise.fileio import atomic_write_text
+from labelwise.neardup import DEFAULT_MAX_HAMMING
 from labelwise.presets import PRESETS
 from labelwise.presets import resolve as resolve_strategy
 from labelwise.selection import COLD_STARTS, DIVERSITY_TERMS, RENAMED, STRATEGIES, StrategyConfig
@@ -244,6 +245,21 @@ class StoppingSettings(_Section):
     min_map_gain: float = Field(DEFAULT_MIN_GAIN, ge=0, le=1)
     patience: int = Field(2, ge=1)  # rounds in a row the rule must say stop
     max_rounds: int | None = Field(None, ge=1)
+
+
+class MonitorSettings(_Section):
+    """`monitor:`: which production images `labelwise monitor` flags into the pool (labelwise.workflow.monitoring)."""
+
+    # flag an image whose uncertainty, or whose distance to the nearest labeled image, is above this quantile of
+    # what the model shows on its own validation images (0.9: a tenth of images like those would be flagged)
+    quantile: float = Field(0.9, gt=0, lt=1)
+    rare_share: float = Field(0.05, ge=0, le=1)  # a class is rare below this share of the labeled boxes
+    # a box counts as a detection (rare classes, drift) from this confidence; null: score.conf
+    conf: float | None = Field(None, ge=0, le=1)
+    daily_cap: int | None = Field(100, ge=1)  # images flagged into the pool per day at most (null: no cap)
+    # a flagged image within this Hamming distance (labelwise.neardup) of a workspace image is a near duplicate and
+    # stays out (null: off)
+    dedup_hamming: int | None = Field(DEFAULT_MAX_HAMMING, ge=0, le=64)
 
 
 # -- strategy ---------------------------------------------------------------------------------------------------------
@@ -537,13 +553,15 @@ class WorkspaceConfig(_Section):
     budget: Budget = Field(default_factory=Budget)
     annotation: AnnotationMapping = Field(default_factory=lambda: {"backend": "folder"})
     stopping: StoppingSettings = Field(default_factory=StoppingSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: Any) -> Any:
         # `train:` with nothing under it is YAML's null: the section's defaults, as if it were left out
         if isinstance(data, dict):
-            optional = ("labeled", "train", "score", "strategy", "schedule", "budget", "annotation", "stopping")
+            optional = ("labeled", "train", "score", "strategy", "schedule", "budget", "annotation", "stopping",
+                        "monitor")
             data = {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
 

@@ -206,3 +206,119 @@ def per_class_ap(
         ax.legend(handles, labels, loc="upper right", fontsize=8)
     fig.tight_layout()
     return _save(fig, out, dpi)
+
+
+def drift(
+    days: Sequence[str],
+    images: Sequence[int],
+    mean_conf: Mapping[str, Sequence[float]],
+    detections_per_image: Mapping[str, Sequence[float]],
+    flag_share: Mapping[str, Sequence[float]],
+    out: Path,
+    *,
+    baseline_conf: Mapping[str, float | None] | None = None,
+    baseline_rate: Mapping[str, float] | None = None,
+    expected_share: float | None = None,
+    model_changes: Sequence[int] = (),
+    title: str | None = "Production drift against the validation set",
+    figsize: tuple[float, float] = (10.0, 9.0),
+    dpi: int = 100,
+) -> Path:
+    """What `labelwise monitor` saw per day, in three panels sharing the day axis; written to `out`.
+
+    1. mean confidence of each class's detections per day (solid), the same on the validation set (dashed, same
+       colour); a class with no detection that day has no point;
+    2. detections per image of each class per day, against the validation set's (dashed);
+    3. the share of the day's images that met each flagging rule (and any of them), against `expected_share`, the
+       share of the validation set above the quantile (1 - quantile).
+    days: the x axis (one label per day, with its image count below); model_changes: indices of days whose first
+    image was scored by another model than the day before (a dotted vertical line). NaN draws nothing. Returns `out`;
+    the PNG is figsize × dpi pixels.
+    """
+    fig = Figure(figsize=figsize, dpi=dpi)
+    axes = [fig.add_subplot(3, 1, i + 1) for i in range(3)]
+    x = np.arange(len(days), dtype=np.float64)
+    colours = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(mean_conf)}
+    panels = ((axes[0], mean_conf, baseline_conf or {}, "mean confidence"),
+              (axes[1], detections_per_image, baseline_rate or {}, "detections per image"))
+    for ax, series, baseline, ylabel in panels:
+        for name, values in series.items():
+            colour = colours.get(name, "#555555")
+            ax.plot(x, np.asarray(values, dtype=np.float64), marker="o", markersize=3, color=colour, label=name)
+            level = baseline.get(name)
+            if level is not None and math.isfinite(level):
+                ax.axhline(level, color=colour, linewidth=0.9, linestyle="--", alpha=0.7)
+        ax.set_ylabel(ylabel)
+    axes[0].set_ylim(0, 1.0)
+    axes[0].plot([], [], color="#555555", linestyle="--", label="validation set")
+    axes[0].legend(loc="lower left", fontsize=7, ncol=min(4, len(mean_conf) + 1))
+    reason_styles = {"any": {"color": "black", "linewidth": 2.0}}
+    for i, (name, values) in enumerate(flag_share.items()):
+        style = reason_styles.get(name, {"color": _PALETTE[(i + 3) % len(_PALETTE)], "linewidth": 1.2})
+        axes[2].plot(x, np.asarray(values, dtype=np.float64), marker="o", markersize=3, label=name, **style)
+    if expected_share is not None:
+        axes[2].axhline(expected_share, color="#7f7f7f", linestyle="--", linewidth=0.9,
+                        label=f"validation set ({expected_share:.0%})")
+    axes[2].set_ylim(0, 1.0)
+    axes[2].set_ylabel("share of images flagged")
+    axes[2].legend(loc="upper left", fontsize=7, ncol=3)
+    for ax in axes:
+        for index in model_changes:
+            ax.axvline(index - 0.5, color="#7f7f7f", linewidth=0.8, linestyle=(0, (1, 2)))
+        ax.grid(True, alpha=0.3)
+        ax.set_xticks(x)
+        ax.set_xticklabels([])
+        if len(days):
+            ax.set_xlim(-0.5, len(days) - 0.5)
+    axes[2].set_xticklabels([f"{d}\n{n} img" for d, n in zip(days, images)],
+                            rotation=30 if len(days) > 8 else 0, fontsize=7)
+    if title:
+        axes[0].set_title(title)
+    fig.tight_layout()
+    return _save(fig, out, dpi)
+
+
+def dividend_bars(
+    map50: Mapping[str, Sequence[float]],
+    gain_per_100: Mapping[str, float | None],
+    out: Path,
+    *,
+    baseline: float | None = None,
+    title: str | None = "Strategy batch vs random batch",
+    figsize: tuple[float, float] = (8.0, 3.6),
+    dpi: int = 100,
+) -> Path:
+    """The dividend experiment in two bar panels: mAP50 (bar = mean over seeds, a dot per seed, the current
+    model's mAP50 as a dashed line) and the mAP50 gain per 100 labels, one bar per arm; written to `out`.
+
+    map50: arm -> per-seed mAP50; gain_per_100: arm -> gain (None draws no bar). An arm named "random" is grey,
+    as in every other figure."""
+    arms = list(map50)
+    styles = _strategy_styles(arms)
+    fig = Figure(figsize=figsize, dpi=dpi)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    x = np.arange(len(arms), dtype=np.float64)
+    for i, arm in enumerate(arms):
+        values = np.asarray(map50[arm], dtype=np.float64)
+        colour = styles[arm]["color"]
+        if values.size:
+            left.bar(x[i], float(values.mean()), width=0.6, color=colour)
+            if values.size > 1:
+                left.scatter(np.full(values.size, x[i]), values, color="black", s=12, zorder=3)
+        gain = gain_per_100.get(arm)
+        if gain is not None and math.isfinite(gain):
+            right.bar(x[i], gain, width=0.6, color=colour)
+    if baseline is not None:
+        left.axhline(baseline, color=_REFERENCE_COLOUR, linestyle="--", linewidth=1, label="current model")
+        left.legend(loc="lower right", fontsize=8)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    for ax, ylabel in ((left, "mAP50"), (right, "mAP50 gain per 100 labels")):
+        ax.set_xticks(x)
+        ax.set_xticklabels(arms)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    left.set_ylim(0, 1.0)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out, dpi)

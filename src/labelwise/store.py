@@ -141,6 +141,31 @@ CREATE TABLE IF NOT EXISTS held(image_id INTEGER PRIMARY KEY REFERENCES images(i
                                 reason TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kv(namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
                               PRIMARY KEY (namespace, key));
+-- Production images `labelwise monitor` has seen (labelwise.workflow.monitoring), one row per content hash: where and
+-- when it was first seen, the model that scored it, what that model said (uncertainty, novelty, detections per class
+-- as JSON {class id: [boxes, confidence sum]}), the rules it met (JSON list) and what became of it: passed, flagged
+-- into the pool (image_id), capped (the day's cap was reached), duplicate (of duplicate_of) or known (already in
+-- the workspace). Additive: created on open like every table here, so older stores gain it without a migration.
+CREATE TABLE IF NOT EXISTS monitored(
+    sha256 TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model_hash TEXT NOT NULL,
+    imgsz INTEGER NOT NULL,
+    uncertainty REAL,
+    novelty REAL,
+    detections INTEGER NOT NULL,
+    class_stats TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('passed', 'flagged', 'capped', 'duplicate', 'known')),
+    image_id INTEGER REFERENCES images(id),
+    duplicate_of TEXT
+);
+CREATE INDEX IF NOT EXISTS monitored_day ON monitored(day, outcome);
+-- Every file name the monitor has read, with the size and mtime it had: a rerun passes over it without reading it.
+CREATE TABLE IF NOT EXISTS monitored_paths(path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+                                           mtime_ns INTEGER NOT NULL);
 """
 
 
@@ -755,6 +780,84 @@ class Store:
             c.execute("UPDATE selections SET outcome=? WHERE round=? AND image_id=?", (outcome, round_no, image_id))
             if outcome == "skipped":
                 c.execute("UPDATE images SET state='unlabeled' WHERE id=? AND state='selected'", (image_id,))
+
+    # -- production monitoring (labelwise.workflow.monitoring) ------------------------------------------------------
+
+    def monitored_path(self, path: str, size: int, mtime_ns: int) -> bool:
+        """Whether the monitor has read `path` as it is now (same size and modification time)."""
+        row = self.conn.execute("SELECT 1 FROM monitored_paths WHERE path=? AND size=? AND mtime_ns=?",
+                                (path, size, mtime_ns)).fetchone()
+        return row is not None
+
+    def note_monitored_path(self, path: str, sha256: str, size: int, mtime_ns: int) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO monitored_paths(path, sha256, size, mtime_ns) VALUES (?, ?, ?, ?) ON CONFLICT(path)"
+                      " DO UPDATE SET sha256=excluded.sha256, size=excluded.size, mtime_ns=excluded.mtime_ns",
+                      (path, sha256, size, mtime_ns))
+
+    def is_monitored(self, sha256: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM monitored WHERE sha256=?", (sha256,)).fetchone() is not None
+
+    def record_monitored(self, row: dict[str, Any], *, size: int, mtime_ns: int,
+                         add: tuple[str, int, int, int, int] | None = None) -> int | None:
+        """Record one monitored image (the columns of `monitored` but image_id; reasons a list, class_stats a
+        mapping) and its file name, in ONE transaction; with `add` = (path, width, height, phash, dhash) the image
+        also joins the pool as an unlabeled image, as `labelwise add` registers one. Returns the pool image's id
+        (None without `add`). An image already recorded keeps its first row."""
+        with self.transaction() as c:
+            image_id = row.get("image_id")
+            if add is not None:
+                path, width, height, phash, dhash = add
+                image_id, _created = self.add_image(row["sha256"], path, width, height, "pool", phash, dhash)
+            values = {**row, "image_id": image_id, "reasons": json.dumps(list(row["reasons"])),
+                      "class_stats": json.dumps({str(k): v for k, v in dict(row["class_stats"]).items()})}
+            columns = ("sha256", "source", "seen_at", "day", "model_hash", "imgsz", "uncertainty", "novelty",
+                       "detections", "class_stats", "reasons", "outcome", "image_id", "duplicate_of")
+            c.execute(f"INSERT OR IGNORE INTO monitored({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                      tuple(values.get(k) for k in columns))
+            self.note_monitored_path(row["source"], row["sha256"], size, mtime_ns)
+        return image_id
+
+    def monitored_on(self, day: str, outcome: str = "flagged") -> int:
+        """How many images seen on `day` had `outcome`."""
+        return self.conn.execute("SELECT COUNT(*) FROM monitored WHERE day=? AND outcome=?",
+                                 (day, outcome)).fetchone()[0]
+
+    def monitored_fingerprint(self) -> tuple[int, str | None]:
+        """(rows, latest seen_at) of `monitored`: changes whenever an image is recorded."""
+        n, last = self.conn.execute("SELECT COUNT(*), MAX(seen_at) FROM monitored").fetchone()
+        return int(n), last
+
+    def monitored_days(self) -> list[dict[str, Any]]:
+        """Per day seen, in order: images, images per outcome, images per rule met ('any': at least one), the
+        models that scored them, and detections per class id as (boxes, confidence sum)."""
+        days: dict[str, dict[str, Any]] = {}
+        for day, outcome, met, n in self.conn.execute(
+                "SELECT day, outcome, reasons != '[]', COUNT(*) FROM monitored GROUP BY day, outcome, reasons != '[]'"
+                " ORDER BY day"):
+            d = days.setdefault(day, {"day": day, "images": 0, "outcomes": {}, "reasons": {}, "models": [],
+                                      "classes": {}})
+            d["images"] += n
+            d["outcomes"][outcome] = d["outcomes"].get(outcome, 0) + n
+            if met:
+                d["reasons"]["any"] = d["reasons"].get("any", 0) + n
+        for day, reason, n in self.conn.execute(
+                "SELECT m.day, j.value, COUNT(*) FROM monitored m, json_each(m.reasons) j GROUP BY m.day, j.value"):
+            days[day]["reasons"][reason] = n
+        for day, cls, boxes, conf in self.conn.execute(
+                "SELECT m.day, CAST(j.key AS INTEGER), SUM(json_extract(j.value, '$[0]')),"
+                " SUM(json_extract(j.value, '$[1]')) FROM monitored m, json_each(m.class_stats) j"
+                " GROUP BY m.day, j.key"):
+            days[day]["classes"][int(cls)] = (int(boxes), float(conf))
+        for day, model_hash in self.conn.execute(
+                "SELECT day, model_hash FROM monitored GROUP BY day, model_hash ORDER BY day, MIN(seen_at)"):
+            days[day]["models"].append(model_hash)
+        return list(days.values())
+
+
+def label_json(boxes: Iterable[Box]) -> str:
+    """A label as `labels.boxes` stores it: [[class, cx, cy, w, h], ...], coordinates rounded to 8 places."""
+    return json.dumps([[int(b[0]), *(round(float(v), 8) for v in b[1:5])] for b in boxes])
 
 
 def _signed(value: int | None) -> int | None:
