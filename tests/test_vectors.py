@@ -488,3 +488,27 @@ def test_a_failed_shard_write_during_migration_removes_what_it_wrote(tmp_path, m
     store = Store(db)
     _check_against_the_blobs(store, expected)
     store.close()
+
+
+def test_scored_pool_gathers_right_when_other_rows_misalign_the_buffers(tmp_path):
+    rng = np.random.default_rng(15)
+    vs = VectorStore(tmp_path / "vectors")
+    dets = {s: _det(rng, int(rng.integers(0, 4))) for s in "abc"}
+    table = detections_table([("a", dets["a"]), ("x", "failed"), ("b", dets["b"]), ("c", dets["c"])], "m", 64)
+    # another writer's error row that still carries values (3 embedding values, 5 box values): the units of the
+    # rows after it no longer start at multiples of their width in the column's buffer
+    junk = {"boxes": [1.0] * 5, "embedding": [0.5] * 3}
+    columns = {}
+    for name in DETECTIONS_SCHEMA.names:
+        values = table.column(name).to_pylist()
+        if name in junk:
+            values[1] = junk[name]
+        columns[name] = pa.array(values, DETECTIONS_SCHEMA.field(name).type)
+    vs.write_shard(pa.table(columns, schema=DETECTIONS_SCHEMA))
+    pool = vs.scored_pool("m", 64, "", ["c", "b", "a"], n_classes=3)
+    assert pool.boxes_per_image.tolist() == [dets[s].n_boxes for s in "cba"]
+    assert np.array_equal(pool.embeddings, np.stack([dets[s].embedding for s in "cba"]))
+    assert np.array_equal(pool.class_scores, np.concatenate([dets[s].class_scores for s in "cba"]))
+    vs.write_shard(detections_table([("d", _det(rng, 1, d=9))], "m", 64))
+    with pytest.raises(ValueError, match="lengths"):
+        vs.scored_pool("m", 64, "", ["a", "d"], n_classes=3)

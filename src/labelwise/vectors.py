@@ -58,6 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -473,67 +474,137 @@ class VectorStore:
                     image_ids: np.ndarray | None = None, n_classes: int | None = None) -> ScoredPool:
         """The scored rows of the images `shas` (ids `image_ids`, default 0..N-1) packed for the core, in the order
         of `shas`; images without a scored row (never scored, or an error row) are left out. Reads only
-        `POOL_COLUMNS`, memory-mapped, and builds every array with Arrow kernels and NumPy (no loop over rows).
+        `POOL_COLUMNS`, memory-mapped; the result's arrays are gathered straight from the decoded Arrow buffers
+        with NumPy index arrays (per box, not per value; no loop over rows, no intermediate copy of a column).
 
         Raises ValueError when the rows disagree on the number of classes or differ from `n_classes` when given.
         `hashes` of the result is None (the store fills it)."""
         ids = np.arange(len(shas), dtype=np.int64) if image_ids is None else np.asarray(image_ids, np.int64)
         if len(ids) != len(shas):
             raise ValueError(f"{len(shas)} hashes but {len(ids)} image ids")
-        wanted = pa.array(list(shas) if not isinstance(shas, (pa.Array, pa.ChunkedArray)) else shas, pa.string())
-        pieces: list[pa.Table] = []
-        positions: list[np.ndarray] = []
+        wanted = shas if isinstance(shas, (pa.Array, pa.ChunkedArray)) else pa.array(list(shas), pa.string())
+        tables: list[pa.Table] = []
+        picks: list[tuple[np.ndarray, np.ndarray]] = []  # per shard read: (rows in it, their positions in `shas`)
         for path in self.shards(model_hash, imgsz, variant):
             table = pq.read_table(path, columns=POOL_COLUMNS, memory_map=True)
             pos = pc.index_in(table.column("sha256"), value_set=wanted)
-            keep = pc.and_(pc.is_valid(pos), pc.is_null(table.column("error")))
-            keep_np = pc.fill_null(keep, False).to_numpy(zero_copy_only=False)
-            if not keep_np.any():
-                continue
-            rows = np.flatnonzero(keep_np)
-            positions.append(pc.fill_null(pos, -1).to_numpy(zero_copy_only=False)[rows].astype(np.int64))
-            pieces.append(table.take(pa.array(rows)) if len(rows) < table.num_rows else table)
-        if positions:
-            pos = np.concatenate(positions)
-            seq = np.arange(len(pos))
-            order = np.lexsort((seq, pos))  # by position; the last registered copy of an image last
-            last = np.ones(len(order), dtype=bool)
-            last[:-1] = pos[order][1:] != pos[order][:-1]
-            rows = order[last]
-            table = pa.concat_tables(pieces)
-            if len(rows) != table.num_rows or not np.array_equal(rows, np.arange(len(rows))):
-                table = table.take(pa.array(rows))
-            pos = pos[rows]
-        else:
-            table = pa.table({c: pa.array([], DETECTIONS_SCHEMA.field(c).type) for c in POOL_COLUMNS})
-            pos = np.zeros(0, dtype=np.int64)
-        n = table.num_rows
-        ncs = np.unique(_ints(table.column("n_classes"))) if n else np.zeros(0, np.int64)
+            keep = pc.fill_null(pc.and_(pc.is_valid(pos), pc.is_null(table.column("error"))), False)
+            rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+            if len(rows):
+                tables.append(table)
+                picks.append((rows, pc.fill_null(pos, -1).to_numpy(zero_copy_only=False)[rows].astype(np.int64)))
+        # One row per image, the last registered copy, in the order of `shas`.
+        shard = np.concatenate([np.full(len(r), k, np.int64) for k, (r, _) in enumerate(picks)]) if picks \
+            else np.zeros(0, np.int64)
+        row = np.concatenate([r for r, _ in picks]) if picks else np.zeros(0, np.int64)
+        pos = np.concatenate([p for _, p in picks]) if picks else np.zeros(0, np.int64)
+        order = np.lexsort((np.arange(len(pos)), pos))
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = pos[order][1:] != pos[order][:-1]
+        order = order[last]
+        shard, row, pos = shard[order], row[order], pos[order]
+        n = len(pos)
+
+        def scalars(name: str, dtype: type, fill: Any = 0) -> np.ndarray:
+            out = np.empty(n, dtype=dtype)
+            for k, table in enumerate(tables):
+                at = np.flatnonzero(shard == k)
+                out[at] = pc.fill_null(table.column(name), fill).to_numpy(zero_copy_only=False)[row[at]]
+            return out
+
+        ncs = np.unique(scalars("n_classes", np.int64))
         if n_classes is None and len(ncs):
             n_classes = int(ncs[0]) if len(ncs) == 1 else -1
         if any(int(nc) != n_classes for nc in ncs):
             raise ValueError(f"cached detections have {sorted(int(x) for x in ncs)} classes, expected {n_classes}")
         nc = n_classes or 0
-        counts = _lengths(table.column("boxes")) // 4
+        boxes, counts = _gather_lists(tables, "boxes", shard, row, 4, np.float32)
         offsets = csr_offsets(counts)
-        boxes = _flat(table.column("boxes"), np.float32).reshape(-1, 4)
-        sizes = np.stack([_ints(table.column("width")), _ints(table.column("height"))], axis=1).astype(np.float32)
-        scale = np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
-        emb_len = _lengths(table.column("embedding"))
-        if n and (emb_len != emb_len[0]).any():
-            raise ValueError(f"cached embeddings have lengths {sorted(set(emb_len.tolist()))}; one model gives one")
-        embeddings = _flat(table.column("embedding"), np.float16)
+        if nc:
+            class_scores, score_counts = _gather_lists(tables, "class_scores", shard, row, nc, np.float32)
+            if not np.array_equal(score_counts, counts):
+                raise ValueError("cached detections have class scores for other boxes than their boxes")
+        else:
+            class_scores = np.zeros((0, 0), np.float32)
+        embeddings, emb_counts = _gather_lists(tables, "embedding", shard, row, None, np.float32)
+        sizes = np.stack([scalars("width", np.float32), scalars("height", np.float32)], axis=1)
+        if len(boxes):
+            boxes /= np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
         return ScoredPool(
             image_ids=ids[pos],
-            embeddings=embeddings.reshape(n, -1).astype(np.float32) if n else np.zeros((0, 0), np.float32),
+            embeddings=embeddings if n else np.zeros((0, 0), np.float32),
             box_offsets=offsets,
-            class_scores=_flat(table.column("class_scores"), np.float32).reshape(-1, nc)
-            if nc else np.zeros((0, 0), np.float32),
-            boxes=boxes / scale if len(boxes) else np.zeros((0, 4), np.float32),
-            max_candidate_score=pc.fill_null(table.column("max_candidate_score"), np.nan)
-            .to_numpy(zero_copy_only=False).astype(np.float32, copy=False),
+            class_scores=class_scores,
+            boxes=boxes if len(boxes) else np.zeros((0, 4), np.float32),
+            max_candidate_score=scalars("max_candidate_score", np.float32, np.nan),
             hashes=None,
         )
+
+
+def _gather_lists(tables: list[pa.Table], name: str, shard: np.ndarray, row: np.ndarray, unit: int | None,
+                  dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """The list column `name` of the picked rows (row[i] of tables[shard[i]]), in pick order, as one (units, unit)
+    array of `dtype` and the number of units per pick. A list holds whole units (`unit` values each: 4 for a box,
+    n_classes for a score vector); unit=None: exactly one unit per row, its length the list's (the embedding).
+
+    Gathers with one index array per Arrow chunk, sized by the units picked (boxes), from the chunk's value buffer
+    (zero-copy), into the result in its final dtype: nothing of the column is copied on the way."""
+    n = len(row)
+    per_chunk = []  # (pick indices, unit starts in the chunk's units, unit counts, the chunk's units as 2-D)
+    width = unit
+    for k, table in enumerate(tables):
+        at_k = np.flatnonzero(shard == k)
+        if not len(at_k):
+            continue
+        column = table.column(name)
+        bounds = csr_offsets(np.array([len(c) for c in column.chunks], dtype=np.int64))
+        which = np.searchsorted(bounds, row[at_k], side="right") - 1
+        for c, chunk in enumerate(column.chunks):
+            at = at_k[which == c]
+            if not len(at):
+                continue
+            local = row[at] - bounds[c]
+            offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+            values = chunk.values.to_numpy(zero_copy_only=False)
+            lengths = offsets[local + 1] - offsets[local]
+            if unit is None:
+                d = int(lengths[0]) if len(lengths) else 0
+                if width is None:
+                    width = d
+                if (lengths != width).any():
+                    raise ValueError(f"cached {name}s have lengths {sorted(set(lengths.tolist()) | {width})}; "
+                                     "one model gives one")
+                step = max(width, 1)
+            else:
+                step = unit
+                if (lengths % unit).any():
+                    raise ValueError(f"a cached {name} list is not a whole number of {unit}-value units")
+            if (offsets[local] % step).any() or len(values) % step:
+                # units not aligned in this chunk's buffer (lists of other lengths before them): copy it aligned
+                flat = pc.list_flatten(chunk.take(pa.array(local))).to_numpy(zero_copy_only=False)
+                values, starts = flat, csr_offsets(lengths)[:-1]
+            else:
+                starts = offsets[local]
+            per_chunk.append((at, starts // step, lengths // step, values.reshape(-1, step) if step else values))
+    width = width or 0
+    counts = np.zeros(n, dtype=np.int64)
+    for at, _, units, _ in per_chunk:
+        counts[at] = units
+    if unit is None:
+        out = np.empty((n, width), dtype=dtype)
+        for at, starts, _, units2d in per_chunk:
+            if width:
+                out[at] = units2d[starts]
+        return out, counts
+    dest_offsets = csr_offsets(counts)
+    out = np.empty((int(dest_offsets[-1]), unit), dtype=dtype)
+    for at, starts, units, units2d in per_chunk:
+        total = int(units.sum())
+        if not total:
+            continue
+        within = np.arange(total) - np.repeat(csr_offsets(units)[:-1], units)
+        out[np.repeat(dest_offsets[at], units) + within] = units2d[np.repeat(starts, units) + within]
+    return out, counts
 
 
 def _last_occurrence(shas: pa.ChunkedArray) -> np.ndarray:
@@ -549,5 +620,11 @@ def _last_occurrence(shas: pa.ChunkedArray) -> np.ndarray:
 
 
 def _writer_options() -> dict:
-    # Dictionaries only for the repeated strings; the float lists are noise to a dictionary and sha256 is unique.
-    return {"compression": "zstd", "use_dictionary": ["model_hash", "variant", "error"], "write_statistics": True}
+    """Snappy for what selection reads (decodes fastest), zstd for the hashes and the box features (the bulk of a
+    shard, read only for a few images); dictionaries only for the repeated strings."""
+    def leaf(field: pa.Field) -> str:
+        return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
+
+    compression = {leaf(f): "zstd" if f.name in ("sha256", "box_features") else "snappy" for f in DETECTIONS_SCHEMA}
+    return {"compression": compression, "use_dictionary": ["model_hash", "variant", "error"],
+            "use_compliant_nested_type": True, "write_statistics": True}
