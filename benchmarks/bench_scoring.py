@@ -220,7 +220,7 @@ def memory_child(pool_dirs: list[Path], checkpoint: Path, imgsz: int, work: Path
     score_s = time.perf_counter() - t
     stop.set()
     sampler.join()
-    counts = ws.store.conn.execute("SELECT COUNT(*), SUM(n_boxes) FROM detections").fetchone()
+    counts = _cached_rows_and_boxes(ws)
     q = len(samples) // 4 or 1
     return {
         "pool": report.added, "scored": n, "detections_rows": counts[0], "boxes": counts[1] or 0,
@@ -229,6 +229,17 @@ def memory_child(pool_dirs: list[Path], checkpoint: Path, imgsz: int, work: Path
         "rss_end_mb": _status_kb("VmRSS") / 1024,
         "rss_quartiles_mb": [max(samples[i * q:(i + 1) * q] or [0]) / 1024 for i in range(4)],
     }
+
+
+def _cached_rows_and_boxes(ws) -> tuple[int, int]:
+    """Rows and boxes of the cached detections: the registered shards under vectors/ (labelwise.vectors)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    shards = ws.store.shards()
+    values = sum(pc.sum(pc.list_value_length(pq.read_table(s["path"], columns=["boxes"]).column("boxes"))).as_py()
+                 or 0 for s in shards)
+    return sum(s["rows"] for s in shards), values // 4
 
 
 def memory(tmp: Path, checkpoint: Path, sizes: list[int], imgsz: int) -> list[dict]:
