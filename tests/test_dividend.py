@@ -4,6 +4,8 @@ compare the mAP gain per label). The noise decision on numbers here; end to end 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from labelwise.savings import NOISE_UNKNOWN, WITHIN_NOISE, compare_arms
@@ -49,3 +51,133 @@ def test_seed_counts_must_match():
         compare_arms([0.5, 0.6], [0.5])
     with pytest.raises(ValueError):
         compare_arms([], [])
+
+
+# -- the result record ----------------------------------------------------------------------------------------------
+
+
+def test_the_result_round_trips_through_its_record_and_gains_are_per_100_labels(tmp_path):
+    from labelwise.workflow.dividend import DividendResult, summarise
+
+    plan = {"round": 3, "k": 20, "strategy": "hybrid"}
+    runs = [[{"map50": 0.40, "map50_95": 0.2, "per_class_ap50": {"a": 0.5, "b": 0.3}},
+             {"map50": 0.44, "map50_95": 0.2, "per_class_ap50": {"a": 0.6, "b": 0.3}}],
+            [{"map50": 0.34, "map50_95": 0.1, "per_class_ap50": {"a": 0.4, "b": 0.2}},
+             {"map50": 0.35, "map50_95": 0.1, "per_class_ap50": {"a": 0.4, "b": 0.3}}]]
+    result = summarise(plan, {"strategy": (20, 120), "random": (20, 120)},
+                       {"map50": 0.30, "per_class_ap50": {"a": 0.4}, "source": "test"}, 16, runs, tmp_path)
+    s, r = result.arms["strategy"], result.arms["random"]
+    assert s.mean_map50 == pytest.approx(0.42) and s.per_class_ap50 == pytest.approx({"a": 0.55, "b": 0.3})
+    assert s.gain_per_100 == pytest.approx(100 * 0.12 / 20) and r.gain_per_100 == pytest.approx(100 * 0.045 / 20)
+    assert result.ratio == pytest.approx(0.12 / 0.045)
+    assert result.comparison.verdict in ("better", WITHIN_NOISE) and result.state == "done"
+    assert "strategy (hybrid) mAP50 0.420 vs random 0.345" in result.line
+    again = DividendResult.from_record(result.record())
+    assert again.record() == result.record() and again.comparison == result.comparison
+
+
+# -- end to end on the synthetic set, the oracle labeling (slow) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from labelwise.synthetic import ScenarioSpec, generate
+
+    root = tmp_path_factory.mktemp("dividend-scenes") / "dataset"
+    generate(root, ScenarioSpec(n_train=96, n_val=16, image_size=64, seed=3))
+    return root
+
+
+def _workspace(root, scenes):
+    from labelwise.loop import Workspace
+
+    ws = Workspace.create(root, images=[scenes / "train" / "images"], data_yaml=scenes / "data.yaml",
+                          model="yolo11n.yaml", imgsz=64, train={"epochs": 1, "batch": 8},
+                          budget={"per_round": 8, "initial": 8}, stopping={"rule": "none"})
+    ws.ingest_sources(progress=False)
+    assert ws.run(oracle=scenes / "train" / "labels", rounds=1) == "1 round(s) done"  # the first 8 labels
+    return ws
+
+
+def _cli(*args, crash_at=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LABELWISE_CRASH_AT": crash_at or "", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "labelwise", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_dividend_end_to_end_killed_between_trainings_resumes_without_relabeling_or_retraining(tmp_path, scenes):
+    from labelwise.loop import Workspace
+    from labelwise.workflow.dividend import KV, split_arms
+
+    oracle = scenes / "train" / "labels"
+    ws = _workspace(tmp_path / "ws", scenes)
+    ws.store.close()
+    killed = _cli("dividend", "-w", tmp_path / "ws", "--k", 4, "--oracle", oracle,
+                  crash_at="dividend_between_trainings")
+    assert killed.returncode == -9, killed.stderr
+    assert "training 1/2" in killed.stdout and "training 2/2" not in killed.stdout
+    ws = Workspace(tmp_path / "ws")
+    labels_after_kill = ws.store.label_history_count()
+    first = ws.store.kv_get(KV, "round/2/train/strategy/0")
+    assert first is not None and ws.store.kv_get(KV, "round/2/train/random/0") is None
+    weights_mtime = Path(first["weights"]).stat().st_mtime_ns
+    ws.store.close()
+
+    done = _cli("dividend", "-w", tmp_path / "ws", "--oracle", oracle)  # the rerun, with no --k: the plan's
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "resuming round 2" in done.stdout
+    assert "training 1/2" not in done.stdout and "training 2/2" in done.stdout  # the finished one is kept
+    assert "noise unknown" in done.stdout and "--seeds 3" in done.stdout
+    assert "+ strategy batch" in done.stdout and "+ random batch" in done.stdout
+
+    ws = Workspace(tmp_path / "ws")
+    assert ws.store.label_history_count() == labels_after_kill  # nothing relabeled
+    assert Path(first["weights"]).stat().st_mtime_ns == weights_mtime  # nor retrained
+    # both batches labeled, disjoint, of k each, and in the training set from now on
+    arms = split_arms(ws.store.selection(2))
+    ids = {arm: {r["image_id"] for r in rows} for arm, rows in arms.items()}
+    assert len(ids["strategy"]) == len(ids["random"]) == 4 and not ids["strategy"] & ids["random"]
+    assert all(r["outcome"] == "labeled" for rows in arms.values() for r in rows)
+    assert ws.store.counts()["pool_labeled"] == 16 and ws.store.current_round().step == "done"
+    result = ws.dividend()  # a rerun shows the recorded result, trains nothing
+    assert result.state == "done" and result.seeds == 1 and result.comparison.verdict == NOISE_UNKNOWN
+    for arm in result.arms.values():
+        assert arm.batch == 4 and arm.n_train == 12 and len(arm.map50) == 1 and 0.0 <= arm.map50[0] <= 1.0
+        assert set(arm.per_class_ap50) == set(ws.config.classes) and arm.gain_per_100 is not None
+    assert result.baseline_map50 is not None and result.n_val == 16
+    assert ws.status().dividend == result.line
+    ws.store.close()
+
+    status = _cli("status", "-w", tmp_path / "ws")
+    assert status.returncode == 0 and "dividend" in status.stdout and "noise unknown" in status.stdout
+    report = _cli("report", "-w", tmp_path / "ws")
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "ws" / "report" / "report.html").read_text()
+    assert 'id="dividend-plot"' in page and "noise unknown" in page and 'id="dividend-table"' in page
+
+    # the next round trains on both batches
+    ws = Workspace(tmp_path / "ws")
+    ws.train()
+    assert ws.store.current_round().round == 3 and ws.store.current_round().n_labeled == 16
+
+
+@pytest.mark.slow
+def test_dividend_on_two_seeds_gives_a_mean_and_a_ci_or_says_within_noise(tmp_path, scenes):
+    ws = _workspace(tmp_path / "ws", scenes)
+    events = []
+    result = ws.dividend(k=4, seeds=2, oracle=scenes / "train" / "labels", on_event=events.append)
+    assert sum(e.startswith("training ") for e in events) == 4  # two models, two seeds each
+    assert result.state == "done" and result.seeds == 2
+    c = result.comparison
+    assert c.difference.n == 2 and c.noise_sd is not None
+    assert c.difference.low is not None and c.difference.low <= c.difference.mean <= c.difference.high
+    assert c.verdict in ("better", "worse", WITHIN_NOISE) and c.verdict in c.text
+    if c.verdict == WITHIN_NOISE:
+        assert c.text.startswith("within noise")
+    assert all(len(arm.map50) == 2 for arm in result.arms.values())
+    assert result.line.endswith(c.verdict)

@@ -160,6 +160,8 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         table.add_row("held out of training", str(len(s.held)))
     table.add_row("duplicate files", str(c["duplicate_paths"]))
     table.add_row("state", s.message)
+    if s.dividend:
+        table.add_row("dividend", escape(s.dividend))
     table.add_row("next", f"[bold]{s.next_command}[/bold]")
     out.print(table)
     for advice in s.advice:
@@ -307,6 +309,73 @@ def run(workspace: WorkspaceOpt = Path("."),
 def resume(workspace: WorkspaceOpt = Path(".")) -> None:
     """Lift a recorded stop (stopping rule, budget) so that `labelwise run` goes on."""
     out.print(Workspace(workspace).resume(), highlight=False)
+
+
+@app.command()
+@friendly
+@writes
+def dividend(workspace: WorkspaceOpt = Path("."),
+             k: Annotated[Optional[int], typer.Option(
+                 "--k", min=1, help="Images in each batch, the strategy's and the random one (default 200; a "
+                                    "rerun goes on with the experiment's own).")] = None,
+             seeds: Annotated[Optional[int], typer.Option(
+                 "--seeds", min=1, help="Trainings per model on different seeds (default 1; 3 measures the "
+                                        "seed-to-seed noise). A rerun with more trains only the new seeds.")] = None,
+             oracle: Annotated[Optional[Path], typer.Option(
+                 help="YOLO labels standing in for the annotators.")] = None,
+             threads: ThreadsOpt = None) -> None:
+    """The article's first experiment on your data: label the strategy's k images and k random ones, train a model
+    on each (same start, same settings), compare mAP50 and the gain per 100 labels on the validation split. Both
+    batches stay labeled. Resumable: run it again after labeling, or after a kill."""
+    _hint_if_cpu_busy()
+    ws = Workspace(workspace, threads=threads)
+    retired: list[tuple[str, RetireReport]] = []
+    result = ws.dividend(k=k, seeds=seeds, oracle=oracle,
+                         on_event=lambda text: out.print(escape(text), highlight=False, soft_wrap=True),
+                         on_retire=lambda where, report: retired.append((where, report)))
+    for where, report in retired:
+        _print_retired(where, report, {r["sha256"] for r in ws.store.selection(result.round)})
+    if result.labels is not None and (result.labels.problems or result.labels.held or result.labels.notes):
+        _print_labels(result.labels, "pulled", next_line=False)
+    if result.state != "done":
+        if result.labels is not None and result.labels.push is not None:
+            out.print(f"pushed {escape(str(result.labels.push))}", highlight=False, soft_wrap=True)
+        out.print(escape(result.line), highlight=False, soft_wrap=True)
+        out.print(f"next: {escape(result.next_command)}", highlight=False, soft_wrap=True)
+        if result.labels is not None and result.labels.needs_correction:
+            raise typer.Exit(NEEDS_SOMEONE)
+        return
+    _print_dividend(result)
+
+
+def _print_dividend(result) -> None:
+    """The experiment's result: per arm mAP50, gain per 100 labels and AP50 per class, then the noise verdict."""
+    s, r = result.arms["strategy"], result.arms["random"]
+    seeds = f"{result.seeds} seed{'s' if result.seeds > 1 else ''}"
+    table = Table(title=f"dividend, round {result.round}: {escape(result.strategy)} vs random, {seeds}, "
+                        f"validation split of {result.n_val} images")
+    for col in ("model", "batch", "trained on", "mAP50", "gain / 100 labels", *s.per_class_ap50):
+        table.add_column(escape(col))
+
+    def fmt(value, spec=".3f"):
+        return "-" if value is None else format(value, spec)
+
+    seeds_text = lambda arm: "" if len(arm.map50) < 2 else " (" + ", ".join(f"{m:.3f}" for m in arm.map50) + ")"  # noqa: E731
+    table.add_row("current model", "", "", fmt(result.baseline_map50), "",
+                  *(fmt(result.baseline_per_class_ap50.get(c)) for c in s.per_class_ap50))
+    for name, arm in ((f"+ strategy batch ({result.strategy})", s), ("+ random batch", r)):
+        table.add_row(escape(name), str(arm.batch), str(arm.n_train), fmt(arm.mean_map50) + seeds_text(arm),
+                      fmt(arm.gain_per_100, "+.3f"), *(fmt(arm.per_class_ap50.get(c)) for c in s.per_class_ap50))
+    out.print(table)
+    out.print(f"current model's mAP50: {escape(result.baseline_source)}", highlight=False, soft_wrap=True)
+    out.print(escape(result.comparison.text), highlight=False, soft_wrap=True)
+    if result.ratio is not None:
+        out.print(f"gain per label: the strategy's is {result.ratio:.1f}x random's", highlight=False)
+    else:
+        out.print("gain per label: no ratio (the random batch did not raise mAP50 over the current model)",
+                  highlight=False)
+    out.print("both batches stay labeled and join the training set", highlight=False)
+    out.print(f"next: {escape(result.next_command)}", highlight=False, soft_wrap=True)
 
 
 def _print_problems(problems) -> None:

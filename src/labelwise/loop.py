@@ -177,6 +177,16 @@ class Workspace:
     def _apply(self, batch: Batch, result: PullResult) -> ImportReport:
         return annotating.apply(self.ctx, batch, result)
 
+    # -- the dividend experiment ---------------------------------------------------------------------------------
+
+    def dividend(self, k: int | None = None, seeds: int | None = None, oracle: Path | None = None, *,
+                 on_event: Callable[[str], None] | None = None,
+                 on_retire: Callable[[str, RetireReport], None] | None = None) -> Any:
+        """`labelwise dividend`: strategy batch vs random batch, both labeled and trained on (workflow.dividend)."""
+        from labelwise.workflow import dividend
+
+        return dividend.run(self.ctx, k=k, seeds=seeds, oracle=oracle, on_event=on_event, on_retire=on_retire)
+
     # -- stopping and status -------------------------------------------------------------------------------------
 
     def stop_advice(self) -> list[Any]:

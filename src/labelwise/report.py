@@ -140,6 +140,50 @@ def _advice_html(advice: list[Any]) -> str:
     return f'<ul id="stopping-advice">{"".join(items)}</ul>'
 
 
+def _dividend_png(result) -> bytes:
+    from labelwise.plots import dividend_bars
+
+    names = {"strategy": f"strategy ({result.strategy})", "random": "random"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = dividend_bars({names[a]: arm.map50 for a, arm in result.arms.items()},
+                             {names[a]: arm.gain_per_100 for a, arm in result.arms.items()}, Path(tmp) / "d.png",
+                             baseline=result.baseline_map50,
+                             title=f"Round {result.round}: {result.k} images by the strategy vs {result.k} at random")
+        return path.read_bytes()
+
+
+def _dividend_html(ws) -> str:
+    """The latest `labelwise dividend` experiment: where it stands, or its bars, table and noise verdict."""
+    from labelwise.workflow.dividend import latest
+
+    result = latest(ws.ctx)
+    if result is None:
+        return ""
+    out = ['<h2 id="dividend">Dividend: strategy batch vs random batch</h2>']
+    if result.state != "done":
+        out.append(f'<p id="dividend-state">{_e(result.line)}</p>')
+        return "".join(out)
+    png = _dividend_png(result)
+    out.append(f'<img id="dividend-plot" class="curve" alt="mAP50 and gain per 100 labels, strategy vs random" '
+               f'src="{_data_uri(png, "image/png")}">')
+    classes = list(result.arms["strategy"].per_class_ap50)
+    rows = [["current model", "", "", _num(result.baseline_map50), "",
+             *(_num(result.baseline_per_class_ap50.get(c)) for c in classes)]]
+    for label, arm in ((f"+ strategy batch ({result.strategy})", result.arms["strategy"]),
+                       ("+ random batch", result.arms["random"])):
+        per_seed = "" if len(arm.map50) < 2 else " (" + ", ".join(_num(m) for m in arm.map50) + ")"
+        rows.append([_e(label), _e(arm.batch), _e(arm.n_train), _num(arm.mean_map50) + per_seed,
+                     _num(arm.gain_per_100, "+.3f"), *(_num(arm.per_class_ap50.get(c)) for c in classes)])
+    out.append(_table(["model", "batch", "trained on", "mAP50", "gain / 100 labels", *classes], rows,
+                      "dividend-table"))
+    ratio = ("" if result.ratio is None else
+             f" The strategy's mAP50 gain per label is {result.ratio:.1f}x random's.")
+    out.append(f'<p id="dividend-verdict"><b>{_e(result.comparison.verdict)}</b>: {_e(result.comparison.text)}.'
+               f"{_e(ratio)} Validation split: {_e(result.n_val)} images; current model: "
+               f"{_e(result.baseline_source)}. Both batches stay labeled.</p>")
+    return "".join(out)
+
+
 def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS_PER_ROUND) -> Path:
     """Write the report of `workspace` (a `labelwise.loop.Workspace`) and return the HTML file's path.
 
@@ -219,6 +263,9 @@ def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS
                         _num(r.score_seconds, ".0f"), *(_num(ap.get(name)) for name in classes)])
     parts.append(_table(head, ap_rows, "per-class-ap", text_cols=2) if ap_rows
                  else '<p class="muted">No trained round yet.</p>')
+
+    # -- the dividend experiment (labelwise dividend), when one was run
+    parts.append(_dividend_html(ws))
 
     # -- each round's picks
     parts.append("<h2>Selected images per round</h2>")

@@ -23,9 +23,14 @@ VALIDATION_REASON = ("validation: part of the random sample held out at init to 
 
 
 def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str, Any] | None = None,
-           on_retire: Callable[[str, Any], None] | None = None) -> list[dict[str, Any]]:
+           on_retire: Callable[[str, Any], None] | None = None, *,
+           with_random: bool = False) -> list[dict[str, Any]]:
     """Pick the round's batch (or pick it again while none of it is labeled) and save it with every score
     component and reason, in one transaction.
+
+    `with_random` (the dividend experiment, `labelwise.workflow.dividend`): a random batch as large as the
+    strategy's rides along, drawn (seeded) from the same scored candidates minus the strategy's picks, ranked
+    after them and marked with the component RANDOM_ARM; it needs a trained model.
 
     Picking again: before the new batch is saved, the old batch's unlabeled tasks are taken back wherever the round
     was pushed (`annotating.retire`; images also in the new batch are kept), so nobody labels images that are no
@@ -141,6 +146,10 @@ def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str
         raise LoopError(f"the strategy selected nothing from {len(unlabeled)} unlabeled images "
                         f"({len(skipped)} skipped as near-duplicates); lower or switch off "
                         "strategy.dedup_threshold in labelwise.yaml")
+    if with_random:
+        if not current.model_hash:
+            raise LoopError(f"round {round_no} has no trained model: the random comparison batch needs one")
+        picks += random_arm(ctx, round_no, pool.image_ids, picks)
     # The validation reserve (ingest.reserve_validation) rides along with the first batch, ranked after the
     # strategy's picks; no strategy ever sees it (it is split 'val', and candidates are split 'pool').
     picks += [(image_id, rank, 0.0, {"validation": 1.0}, VALIDATION_REASON)
@@ -157,6 +166,27 @@ def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str
         ctx.store.save_selection(round_no, picks, skipped, next_step="annotate")
         ctx.store.kv_set("annotation", f"round/{round_no}/last_pull", None)  # the old batch's problems
     return ctx.store.selection(round_no)
+
+
+RANDOM_ARM = "dividend_random"
+RANDOM_ARM_REASON = ("dividend: the random comparison batch, drawn at random from the same candidates as the "
+                     "strategy's batch (label it like the others)")
+
+
+def random_arm(ctx: WorkspaceContext, round_no: int, candidates: np.ndarray,
+               picks: list[tuple]) -> list[tuple[int, int, float, dict[str, float], str]]:
+    """As many images as `picks` holds, drawn at random (seeded by the workspace seed and the round) from
+    `candidates` minus the picks, ranked after them: the dividend's random batch, disjoint from the strategy's."""
+    taken = {int(p[0]) for p in picks}
+    rest = np.array([int(i) for i in candidates if int(i) not in taken], dtype=np.int64)
+    if len(rest) < len(picks):
+        raise LoopError(f"the pool has {len(rest)} scored unlabeled images besides the strategy's {len(picks)}, too "
+                        f"few for a random batch of {len(picks)}; lower --k to at most {(len(rest) + len(picks)) // 2}"
+                        f" or add images with `labelwise add -w {ctx.root} IMAGES`")
+    rng = np.random.default_rng([ctx.config.seed, round_no, 0xD1])  # its own stream: not the cold start's draw
+    rows = np.sort(rng.permutation(len(rest))[:len(picks)])
+    return [(int(rest[r]), rank, 0.0, {"random": 1.0, RANDOM_ARM: 1.0}, RANDOM_ARM_REASON)
+            for rank, r in enumerate(rows, start=len(picks) + 1)]
 
 
 def retire_old_batch(ctx: WorkspaceContext, round_no: int, new_ids: set[int],

@@ -32,6 +32,8 @@ class Status:
     last_pull: str | None = None  # when and how the labels were last taken back
     # Labeled images kept out of training because the annotation that counts now was rejected: (image path, why).
     held: list[tuple[str, str]] = field(default_factory=list)
+    # The latest `labelwise dividend` experiment in one line (its result, or where it stands); None if never run.
+    dividend: str | None = None
 
 
 def stop_advice(ctx: WorkspaceContext) -> list[Any]:
@@ -135,8 +137,11 @@ def status(ctx: WorkspaceContext) -> Status:
     if current is None or current.step != "annotate":
         annotation, problems, last_pull = None, [], None
     held = [(str(image.path), f"round {r}: {reason}") for image, r, reason, _since in ctx.store.held()]
+    from labelwise.workflow.dividend import status_line  # lazily: dividend stands above this module
+
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
-                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held)
+                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held,
+                  dividend=status_line(ctx))
 
 
 def annotate_command(ctx: WorkspaceContext, round_no: int, progress: Any) -> str:

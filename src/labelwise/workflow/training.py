@@ -54,20 +54,25 @@ def train(ctx: WorkspaceContext) -> None:
         raise LoopError(f"round {round_no} is at step '{step}', not 'train'")
     n_labeled = ctx.store.counts()["pool_labeled"]
     data_yaml = write_dataset(ctx, round_no)
-    cfg = ctx.config
-    options = {"nbs": cfg.train.nbs, "warmup_epochs": cfg.train.warmup_epochs, "patience": cfg.train.patience,
-               **cfg.train.extra}
-    result = ctx.detector.train(TrainRequest(
-        data_yaml=data_yaml, start=start_weights(ctx, round_no), out_dir=ctx.round_dir(round_no) / "train",
-        epochs=cfg.train.epochs, imgsz=cfg.imgsz, batch=cfg.train.batch, device=cfg.device, seed=cfg.seed,
-        options=options,
-    ))
+    result = ctx.detector.train(train_request(ctx, data_yaml, start_weights(ctx, round_no),
+                                              ctx.round_dir(round_no) / "train"))
     crash_point("after_train")
     ctx.store.update_round(
         round_no, step="score", model_path=str(result.weights), model_hash=sha256_file(result.weights)[:16],
         n_labeled=n_labeled, map50=result.map50, map50_95=result.map50_95,
         per_class_ap50=result.per_class_ap50, train_seconds=result.seconds,
     )
+
+
+def train_request(ctx: WorkspaceContext, data_yaml: Path, start: str, out_dir: Path,
+                  seed: int | None = None) -> TrainRequest:
+    """A training with the workspace's settings (labelwise.yaml's train:, imgsz, device; `seed` default its seed)."""
+    cfg = ctx.config
+    options = {"nbs": cfg.train.nbs, "warmup_epochs": cfg.train.warmup_epochs, "patience": cfg.train.patience,
+               **cfg.train.extra}
+    return TrainRequest(data_yaml=data_yaml, start=str(start), out_dir=out_dir, epochs=cfg.train.epochs,
+                        imgsz=cfg.imgsz, batch=cfg.train.batch, device=cfg.device,
+                        seed=cfg.seed if seed is None else seed, options=options)
 
 
 def write_bootstrap(ctx: WorkspaceContext, round_no: int, member: int, rows: list) -> Path:
