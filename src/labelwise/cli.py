@@ -33,6 +33,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Active learning for object detection: label the images your detector learns most from.")
 annotate_app = typer.Typer(no_args_is_help=True, help="Send the batch to the annotation backend and take labels back.")
 app.add_typer(annotate_app, name="annotate")
+qa_app = typer.Typer(no_args_is_help=True, help="Label QA: the images of returned batches whose label most likely "
+                                                 "holds an error (a missing box, a wrong class, a badly placed box).")
+app.add_typer(qa_app, name="qa")
 out = Console()
 err = Console(stderr=True)
 
@@ -159,6 +162,9 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     if s.held:
         table.add_row("held out of training", str(len(s.held)))
     table.add_row("duplicate files", str(c["duplicate_paths"]))
+    if s.qa is not None:
+        table.add_row("label QA suspects", f"{s.qa['open']} open in round {s.qa['round']}"
+                      + (f", {s.qa['held']} held out of training" if s.qa["held"] else ""))
     table.add_row("state", s.message)
     if s.dividend:
         table.add_row("dividend", escape(s.dividend))
@@ -176,9 +182,18 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         out.print(f"[yellow]rejected annotations[/yellow] (as of the last pull, {escape(s.last_pull or '?')}):")
         _print_problems(s.problems)
     if s.held:
-        out.print("[yellow]held out of training[/yellow] (a valid annotation pulled releases them):")
+        out.print("[yellow]held out of training[/yellow] (a valid annotation pulled releases them; a label QA hold: "
+                  "labelwise qa confirm, or a changed label):")
         for path, why in s.held:
             err.print(f"  [yellow]held:[/yellow] {escape(path)} ({escape(why)})", highlight=False, soft_wrap=True)
+    if s.qa is not None and s.qa["open"]:
+        out.print(f"[yellow]label QA suspects[/yellow] of round {s.qa['round']}, worst first (all: "
+                  f"{escape(str(s.qa['csv']))}; review: labelwise annotate push --review; keep: labelwise qa confirm):",
+                  highlight=False, soft_wrap=True)
+        for line in s.qa["lines"]:
+            out.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        if s.qa["open"] > len(s.qa["top"]):
+            out.print(f"  ... and {s.qa['open'] - len(s.qa['top'])} more (labelwise qa list)", highlight=False)
 
 
 @app.command()
@@ -408,12 +423,23 @@ def _print_labels(report: ImportReport, what: str, *, next_line: bool = True) ->
                   "corrected")
     _print_problems(report.problems)
     _print_held(report)
+    _print_qa(report.qa)
     for note in report.notes:
         err.print(f"  [yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     if report.complete:
         out.print(f"round complete: every image of round {report.round} is labeled or skipped")
     if next_line:
         out.print(f"next: {escape(report.next_command)}", highlight=False, soft_wrap=True)
+
+
+def _print_qa(qa_report) -> None:
+    """What label QA found in the labels just taken: the suspects, worst first, and what it held or released."""
+    if qa_report is None:
+        return
+    lines = qa_report.lines()
+    for i, line in enumerate(lines):
+        target = err if i == 0 and qa_report.skipped else out
+        target.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _finish_labels(report: ImportReport, what: str) -> None:
@@ -445,10 +471,24 @@ def annotate_push(workspace: WorkspaceOpt = Path("."),
                   new_project: Annotated[bool, typer.Option(
                       "--new-project", help="Label Studio: forget the remembered project (e.g. it was deleted) "
                                             "and create a new one with the round's unfinished images only.")
-                  ] = False) -> None:
+                  ] = False,
+                  review: Annotated[bool, typer.Option(
+                      "--review", help="Send the label QA suspects back for a second look instead: the folder "
+                                       "backend stages them in the round folder's review/, Label Studio marks their "
+                                       "tasks (tab 'labelwise review'). Take the result with annotate pull --review."
+                  )] = False) -> None:
     """Send the batch (with the model's boxes as pre-annotations) to the configured backend; images already labeled
     or skipped are not sent anew."""
     ws = Workspace(workspace)
+    if review:
+        if new_project:
+            raise typer.BadParameter("--review sends the suspects of a pushed round; it does not go with "
+                                     "--new-project", param_hint="--review")
+        for line in ws.push_review().lines():
+            out.print(escape(line), highlight=False, soft_wrap=True)
+        out.print(f"next: correct the labels there, then: labelwise annotate pull --review -w {ws.root}",
+                  highlight=False, soft_wrap=True)
+        return
     report = ws.push(new_project=new_project)
     if report is None:
         out.print(f"pushed round {ws.batch().round} to {ws.backend().name}")
@@ -490,8 +530,19 @@ def annotate_wait(workspace: WorkspaceOpt = Path("."),
 @annotate_app.command("pull")
 @friendly
 @writes
-def annotate_pull(workspace: WorkspaceOpt = Path(".")) -> None:
+def annotate_pull(workspace: WorkspaceOpt = Path("."),
+                  review: Annotated[bool, typer.Option(
+                      "--review", help="Take what the reviewers did with the label QA suspects sent by annotate "
+                                       "push --review: corrected labels go in, labels returned unchanged are "
+                                       "confirmed.")] = False) -> None:
     """Take the finished labels into the store (idempotent). Exits 1 while the batch has rejected annotations."""
+    if review:
+        result = Workspace(workspace).pull_review()
+        for line in result.lines():
+            out.print(escape(line), highlight=False, soft_wrap=True)
+        if result.labels is not None:
+            _print_labels(result.labels, "reviewed", next_line=False)
+        return
     _finish_labels(Workspace(workspace).pull(), "pulled")
 
 
@@ -565,6 +616,54 @@ def report(
     ws = Workspace(workspace)
     path = build_report(ws, output or ws.root / "report" / "report.html")
     out.print(f"report written: {path}\nopen it in a browser: file://{path.absolute()}", highlight=False)
+
+
+@qa_app.command("list")
+@friendly
+def qa_list(workspace: WorkspaceOpt = Path("."),
+            round_no: Annotated[Optional[int], typer.Option("--round", help="Only this round.")] = None) -> None:
+    """The open label QA suspects, worst first per round: the kind of error, the score and the box."""
+    from labelwise.workflow.qa import csv_path, describe
+
+    ws = Workspace(workspace)
+    rows = ws.qa_suspects(round_no)
+    if not rows:
+        out.print("no open label QA suspects" + (f" in round {round_no}" if round_no is not None else ""))
+        return
+    held = {image.id for image, *_ in ws.store.held(kind="qa")}
+    for r in rows:
+        mark = "  [held]" if r["image_id"] in held else ""
+        out.print(f"round {r['round']} {escape(describe(r, ws.config.classes))}{mark}", highlight=False,
+                  soft_wrap=True)
+    for round_ in sorted({r["round"] for r in rows}):
+        out.print(f"round {round_}: {escape(str(csv_path(ws.ctx, round_)))}", highlight=False, soft_wrap=True)
+
+
+@qa_app.command("check")
+@friendly
+@writes
+def qa_check(workspace: WorkspaceOpt = Path("."),
+             round_no: Annotated[Optional[int], typer.Option(
+                 "--round", help="The round to check (default: the latest with a batch).")] = None) -> None:
+    """Check a round's labels against the model's cached predictions now (it runs by itself whenever labels come
+    back); writes WORKSPACE/qa/round-NNN-suspects.csv."""
+    report = Workspace(workspace).qa_check(round_no)
+    for line in report.lines(limit=15):
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+@qa_app.command("confirm")
+@friendly
+@writes
+def qa_confirm(images: Annotated[Optional[list[str]], typer.Argument(
+                   help="Suspect images to keep as labeled: path, file name, staged name or sha256 prefix.")] = None,
+               workspace: WorkspaceOpt = Path("."),
+               every: Annotated[bool, typer.Option("--all", help="Every open suspect (of --round).")] = False,
+               round_no: Annotated[Optional[int], typer.Option("--round", help="Only this round.")] = None) -> None:
+    """A person checked these suspects and their labels are right: they leave the review, and held ones go back
+    into training."""
+    names = Workspace(workspace).qa_confirm(list(images or []), every=every, round_no=round_no)
+    out.print(f"confirmed {len(names)} label(s): {escape(', '.join(names))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

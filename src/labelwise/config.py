@@ -240,6 +240,18 @@ class Budget(_Section):
         return max(VAL_MIN, math.ceil(VAL_SHARE * (self.initial or self.per_round)))
 
 
+class QaSettings(_Section):
+    """`qa:`: label QA of every batch that comes back (labelwise.workflow.qa: ObjectLab, via cleanlab, on the
+    predictions cached by scoring; no inference)."""
+
+    enabled: bool = True  # rank each returned batch's images by how likely their label holds an error
+    # the suspects: the images cleanlab flags (null), or those whose label quality score is at most this
+    threshold: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=1)  # at most this many suspects per batch, the worst first (null: no cap)
+    # keep suspects out of training until a person confirms them (labelwise qa confirm) or their label changes
+    hold_suspects: bool = False
+
+
 class StoppingSettings(_Section):
     rule: Literal[STOPPING_RULES] = "min_gain"  # type: ignore[valid-type]
     min_map_gain: float = Field(DEFAULT_MIN_GAIN, ge=0, le=1)
@@ -553,6 +565,7 @@ class WorkspaceConfig(_Section):
     budget: Budget = Field(default_factory=Budget)
     annotation: AnnotationMapping = Field(default_factory=lambda: {"backend": "folder"})
     stopping: StoppingSettings = Field(default_factory=StoppingSettings)
+    qa: QaSettings = Field(default_factory=QaSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @model_validator(mode="before")
@@ -564,6 +577,11 @@ class WorkspaceConfig(_Section):
                         "monitor")
             data = {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
+
+    @field_validator("qa", mode="before")
+    @classmethod
+    def _qa_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # `qa:` with nothing under it: the defaults
 
     @field_validator("classes")
     @classmethod

@@ -187,6 +187,35 @@ class Workspace:
 
         return dividend.run(self.ctx, k=k, seeds=seeds, oracle=oracle, on_event=on_event, on_retire=on_retire)
 
+    # -- label QA ------------------------------------------------------------------------------------------------
+
+    def qa_check(self, round_no: int | None = None) -> Any:
+        """Check a round's labels against the model's cached predictions (workflow.qa; default: the latest)."""
+        from labelwise.workflow import qa
+
+        return qa.check(self.ctx, round_no)
+
+    def qa_suspects(self, round_no: int | None = None) -> list[dict[str, Any]]:
+        """The open label QA suspects (of `round_no`), by round and rank."""
+        from labelwise.workflow import qa
+
+        return qa.open_suspects(self.ctx, round_no)
+
+    def qa_confirm(self, images: list[str], *, every: bool = False, round_no: int | None = None) -> list[str]:
+        from labelwise.workflow import qa
+
+        return qa.confirm(self.ctx, images, every=every, round_no=round_no)
+
+    def push_review(self) -> Any:
+        from labelwise.workflow import qa
+
+        return qa.push_review(self.ctx)
+
+    def pull_review(self) -> Any:
+        from labelwise.workflow import qa
+
+        return qa.pull_review(self.ctx)
+
     # -- stopping and status -------------------------------------------------------------------------------------
 
     def stop_advice(self) -> list[Any]:

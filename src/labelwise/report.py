@@ -11,7 +11,9 @@ or missing when the workspace moves. The page has:
 - a table with one row per trained round: labeled images, mAP50, mAP50-95, agreement, times and AP50 per class;
 - each round's selected images as thumbnails, with their label boxes (solid, green) and the boxes of the model
   that selected them (dashed, orange; from the score cache, confidence >= 0.25, where cached), rank, score,
-  outcome, the score components and the reason.
+  outcome, the score components and the reason;
+- the label QA suspects (labelwise.workflow.qa) of every checked round: thumbnails with the box behind the suspicion
+  drawn in red over the label and the predictions, the kind of error, the score and where the review stands.
 
 The file is written atomically: a browser or a crash sees the old report or the new one.
 """
@@ -37,6 +39,8 @@ PREDICTION_CONF = 0.25  # the same threshold as the pre-annotations sent to anno
 MAX_THUMBS_PER_ROUND = 300  # a 1000-image batch would make a 50 MB page; the rest is listed by name
 LABEL_COLOUR = (46, 204, 64)
 PREDICTION_COLOUR = (255, 133, 27)
+SUSPECT_COLOUR = (230, 25, 75)
+MAX_QA_THUMBS = 60  # suspects shown as thumbnails per round; the CSV lists them all
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 24px; color: #222; }
@@ -69,9 +73,10 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 
 def thumbnail(path: Path, labels: list[tuple], predictions: list[tuple], classes: list[str],
-              size: int = THUMB_SIZE) -> bytes | None:
+              size: int = THUMB_SIZE, highlight: list[tuple] = ()) -> bytes | None:
     """A JPEG thumbnail of `path` with its label boxes (solid) and predicted boxes (dashed) drawn; None when the
-    file cannot be read. labels: (class, cx, cy, w, h) normalised; predictions: (class, cx, cy, w, h, conf)."""
+    file cannot be read. labels: (class, cx, cy, w, h) normalised; predictions: (class, cx, cy, w, h, conf);
+    highlight: boxes drawn last, thick and red (label QA's suspect box), (class, cx, cy, w, h)."""
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -103,6 +108,9 @@ def thumbnail(path: Path, labels: list[tuple], predictions: list[tuple], classes
                 t0, t1 = i / steps, min((i + 1) / steps, 1.0)
                 draw.line([(a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0),
                            (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)], fill=PREDICTION_COLOUR, width=2)
+    for box in highlight:
+        x1, y1, x2, y2 = corners(box)
+        draw.rectangle([x1 - 2, y1 - 2, x2 + 2, y2 + 2], outline=SUSPECT_COLOUR, width=3)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
@@ -181,6 +189,48 @@ def _dividend_html(ws) -> str:
     out.append(f'<p id="dividend-verdict"><b>{_e(result.comparison.verdict)}</b>: {_e(result.comparison.text)}.'
                f"{_e(ratio)} Validation split: {_e(result.n_val)} images; current model: "
                f"{_e(result.baseline_source)}. Both batches stay labeled.</p>")
+    return "".join(out)
+
+
+def _qa_html(ws, classes: list[str], max_thumbs: int = MAX_QA_THUMBS) -> str:
+    """Label QA: each checked round's suspects (open ones first, then those confirmed, changed or cleared), as
+    thumbnails with the suspect box in red; empty when no round has suspects."""
+    from labelwise.workflow.qa import csv_path, describe, issue_name
+
+    store, cfg = ws.store, ws.config
+    rows = store.suspects()
+    if not rows:
+        return ""
+    held = {image.id for image, *_ in store.held(kind="qa")}
+    out = ['<h2 id="label-qa">Label QA suspects</h2>',
+           '<p class="legend">images whose label most likely holds an error, worst first: '
+           '<span style="background:rgb%s"></span>the box behind the suspicion (a box the label lacks, a box of the '
+           'wrong class, or a badly placed one) over the label (green) and the predictions (dashed)</p>'
+           % (SUSPECT_COLOUR,)]
+    for round_no in sorted({r["round"] for r in rows}, reverse=True):
+        mine = sorted((r for r in rows if r["round"] == round_no), key=lambda r: (r["status"] != "open", r["rank"]))
+        n_open = sum(1 for r in mine if r["status"] == "open")
+        out.append(f'<section class="qa" id="qa-round-{round_no}"><h3>Round {round_no}: {n_open} open suspect(s), '
+                   f'{len(mine) - n_open} reviewed or cleared (all: {_e(csv_path(ws.ctx, round_no))})</h3>')
+        model = mine[0]["model_hash"]
+        found = store.detections_many([r["sha256"] for r in mine[:max_thumbs]], model, cfg.imgsz)
+        figures = []
+        for r in mine[:max_thumbs]:
+            det = found.get(r["sha256"])
+            predictions = [b for b in det.yolo_boxes() if b[5] >= PREDICTION_CONF] if det is not None else []
+            jpeg = thumbnail(Path(r["path"]), store.label(r["image_id"]) or [], predictions, classes,
+                             highlight=[tuple(r["box"])] if r["box"] else [])
+            image = (f'<img class="thumb" alt="{_e(Path(r["path"]).name)}" src="{_data_uri(jpeg, "image/jpeg")}">'
+                     if jpeg else f'<p class="na">image not readable: {_e(r["path"])}</p>')
+            caption = (f"<b>#{r['rank']} {_e(issue_name(r['issue']))}</b> - score {r['score']:.3f} - "
+                       f"{_e(r['status'])}{' (held out of training)' if r['image_id'] in held else ''}<br>"
+                       f"{_e(describe(r, classes))}<br><span class=\"muted\">missing box {r['missing_box']:.3f}, "
+                       f"wrong class {r['wrong_class']:.3f}, badly placed {r['badly_placed']:.3f}</span>")
+            figures.append(f'<figure class="pick qa-suspect">{image}<figcaption>{caption}</figcaption></figure>')
+        out.append(f'<div class="grid">{"".join(figures)}</div>')
+        if len(mine) > max_thumbs:
+            out.append(f'<p class="muted">{len(mine) - max_thumbs} more in the CSV</p>')
+        out.append("</section>")
     return "".join(out)
 
 
@@ -266,6 +316,9 @@ def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS
 
     # -- the dividend experiment (labelwise dividend), when one was run
     parts.append(_dividend_html(ws))
+
+    # -- label QA suspects
+    parts.append(_qa_html(ws, classes))
 
     # -- each round's picks
     parts.append("<h2>Selected images per round</h2>")

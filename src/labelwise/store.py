@@ -47,6 +47,8 @@ _LEGACY_CHUNK = 20_000  # BLOB rows read at a time when migrating
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
 _TWO_63 = 1 << 63
 
+HOLD_KINDS = ("rejected", "qa")  # why an image is held out of training (see the table `held`)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images(
@@ -135,10 +137,37 @@ CREATE TABLE IF NOT EXISTS duplicate_skips(
     duplicate_of TEXT NOT NULL,
     similarity REAL NOT NULL
 );
--- Labeled images kept out of training: the annotation tool now holds a newer annotation for them that cannot be
--- taken (rejected), so the label pulled earlier is out of date. Released when a valid annotation is pulled.
+-- Labeled images kept out of training. kind 'rejected': the annotation tool now holds a newer annotation for them that
+-- cannot be taken, so the label pulled earlier is out of date (released when a valid annotation is pulled). kind 'qa':
+-- label QA suspects the label (qa.hold_suspects), released when it is confirmed or changed. (kind: added to older
+-- stores on open, their rows 'rejected'.)
 CREATE TABLE IF NOT EXISTS held(image_id INTEGER PRIMARY KEY REFERENCES images(id), round INTEGER,
-                                reason TEXT NOT NULL, since TEXT NOT NULL);
+                                reason TEXT NOT NULL, since TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'rejected');
+-- Label QA (labelwise.workflow.qa): the images of a returned batch whose label most likely holds an error, one row
+-- per round and image: its rank among the round's suspects, the label quality score and the three subscores, the
+-- kind of error (missing_box, wrong_class, badly_placed), the box behind it (JSON [class, cx, cy, w, h], or null) and
+-- the class suggested for a wrong one (or null), the label that was checked (JSON, as `labels.boxes`), the model
+-- whose cached predictions checked it, and where the review stands: open, confirmed (a person kept the label),
+-- changed (a new label came), cleared (no longer suspect). reviewed: a person has had a second look (a confirmed or
+-- changed label is never held again). Additive: created on open like every table here.
+CREATE TABLE IF NOT EXISTS qa_suspects(
+    round INTEGER NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    rank INTEGER NOT NULL,
+    score REAL NOT NULL,
+    missing_box REAL NOT NULL,
+    wrong_class REAL NOT NULL,
+    badly_placed REAL NOT NULL,
+    issue TEXT NOT NULL,
+    box TEXT,
+    suggested_class INTEGER,
+    label TEXT NOT NULL,
+    model_hash TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'confirmed', 'changed', 'cleared')),
+    reviewed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL,
+    PRIMARY KEY (round, image_id)
+);
 CREATE TABLE IF NOT EXISTS kv(namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
                               PRIMARY KEY (namespace, key));
 -- Production images `labelwise monitor` has seen (labelwise.workflow.monitoring), one row per content hash: where and
@@ -297,6 +326,8 @@ class Store:
             self.conn.execute("ALTER TABLE quarantine ADD COLUMN label_rejected INTEGER NOT NULL DEFAULT 0")
             self.conn.execute("UPDATE quarantine SET label_rejected=1 WHERE reason LIKE 'label rejected:%'")
         self.conn.execute("CREATE INDEX IF NOT EXISTS quarantine_sha ON quarantine(sha256)")
+        if "kind" not in {row["name"] for row in self.conn.execute("PRAGMA table_info(held)")}:
+            self.conn.execute("ALTER TABLE held ADD COLUMN kind TEXT NOT NULL DEFAULT 'rejected'")
 
     def close(self) -> None:
         self.conn.close()
@@ -502,25 +533,78 @@ class Store:
         )
         return [(_image(r), [tuple(b) for b in json.loads(r["label_boxes"])]) for r in rows]  # type: ignore[misc]
 
-    def hold(self, image_id: int, round_no: int | None, reason: str) -> bool:
-        """Keep a labeled image out of training: the annotation tool holds a newer annotation of it that cannot be
-        taken. True when it was not held before (the reason is updated either way)."""
+    def hold(self, image_id: int, round_no: int | None, reason: str, *, kind: str = "rejected") -> bool:
+        """Keep a labeled image out of training. kind 'rejected': the annotation tool holds a newer annotation of it
+        that cannot be taken; 'qa': label QA suspects its label. True when it was not held before (the reason is
+        updated either way). A 'rejected' hold replaces a 'qa' one; a 'qa' hold never replaces a 'rejected' one."""
+        if kind not in HOLD_KINDS:
+            raise ValueError(f"hold kind {kind!r} is not one of {', '.join(HOLD_KINDS)}")
         with self.transaction() as c:
             before = c.execute("SELECT 1 FROM held WHERE image_id=?", (image_id,)).fetchone()
-            c.execute("INSERT INTO held(image_id, round, reason, since) VALUES (?, ?, ?, ?) ON CONFLICT(image_id) "
-                      "DO UPDATE SET round=excluded.round, reason=excluded.reason", (image_id, round_no, reason, now()))
+            c.execute("INSERT INTO held(image_id, round, reason, since, kind) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT(image_id) DO UPDATE SET round=excluded.round, reason=excluded.reason, "
+                      "kind=excluded.kind WHERE held.kind = excluded.kind OR excluded.kind = 'rejected'",
+                      (image_id, round_no, reason, now(), kind))
         return before is None
 
-    def release(self, image_id: int) -> bool:
-        """Take an image off hold (a valid annotation was pulled); True when it was held."""
+    def release(self, image_id: int, *, kind: str | None = None) -> bool:
+        """Take an image off hold (of `kind` only, when given); True when it was held so."""
         with self.transaction() as c:
-            return c.execute("DELETE FROM held WHERE image_id=?", (image_id,)).rowcount > 0
+            if kind is None:
+                return c.execute("DELETE FROM held WHERE image_id=?", (image_id,)).rowcount > 0
+            return c.execute("DELETE FROM held WHERE image_id=? AND kind=?", (image_id, kind)).rowcount > 0
 
-    def held(self) -> list[tuple[ImageRow, int | None, str, str]]:
-        """(image, round, reason, since) of every held image, by id."""
+    def held(self, kind: str | None = None) -> list[tuple[ImageRow, int | None, str, str]]:
+        """(image, round, reason, since) of every held image (of `kind` only, when given), by id."""
         rows = self.conn.execute("SELECT i.*, h.round AS held_round, h.reason AS held_reason, h.since AS held_since "
-                                 "FROM held h JOIN images i ON i.id = h.image_id ORDER BY i.id")
+                                 "FROM held h JOIN images i ON i.id = h.image_id"
+                                 + (" WHERE h.kind = ?" if kind is not None else "") + " ORDER BY i.id",
+                                 (kind,) if kind is not None else ())
         return [(_image(r), r["held_round"], r["held_reason"], r["held_since"]) for r in rows]
+
+    def held_kind(self, image_id: int) -> str | None:
+        """'rejected' or 'qa' when the image is held, else None."""
+        row = self.conn.execute("SELECT kind FROM held WHERE image_id=?", (image_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- label QA (labelwise.workflow.qa) ---------------------------------------------------------------------------
+
+    def put_suspects(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert or replace label QA rows (the columns of `qa_suspects`; box a list or None, label a list of
+        boxes), in one transaction."""
+        columns = ("round", "image_id", "rank", "score", "missing_box", "wrong_class", "badly_placed", "issue", "box",
+                   "suggested_class", "label", "model_hash", "status", "reviewed", "at")
+        values = []
+        for row in rows:
+            row = {"status": "open", "reviewed": 0, "at": now(), **row}
+            row["box"] = None if row.get("box") is None else json.dumps(list(row["box"]))
+            row["label"] = label_json(row["label"])
+            row["reviewed"] = int(bool(row["reviewed"]))
+            values.append(tuple(row.get(k) for k in columns))
+        with self.transaction() as c:
+            c.executemany(f"INSERT OR REPLACE INTO qa_suspects({', '.join(columns)}) VALUES "
+                          f"({', '.join('?' * len(columns))})", values)
+
+    def suspects(self, round_no: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Label QA rows with the image's sha256 and path, by round and rank; box and label decoded."""
+        where, args = [], []
+        if round_no is not None:
+            where.append("q.round = ?")
+            args.append(round_no)
+        if status is not None:
+            where.append("q.status = ?")
+            args.append(status)
+        rows = self.conn.execute(
+            "SELECT q.*, i.sha256, i.path, i.width, i.height FROM qa_suspects q JOIN images i ON i.id = q.image_id"
+            + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY q.round, q.rank, q.image_id", args)
+        return [{**dict(r), "box": None if r["box"] is None else json.loads(r["box"]),
+                 "label": [tuple(b) for b in json.loads(r["label"])], "reviewed": bool(r["reviewed"])}
+                for r in rows]
+
+    def set_suspect_status(self, round_no: int, image_id: int, status: str, *, reviewed: bool | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE qa_suspects SET status=?, reviewed=COALESCE(?, reviewed), at=? WHERE round=? AND "
+                      "image_id=?", (status, None if reviewed is None else int(reviewed), now(), round_no, image_id))
 
     def label_history_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM label_history").fetchone()[0]
@@ -853,6 +937,11 @@ class Store:
                 "SELECT day, model_hash FROM monitored GROUP BY day, model_hash ORDER BY day, MIN(seen_at)"):
             days[day]["models"].append(model_hash)
         return list(days.values())
+
+
+def label_json(boxes: Iterable[Box]) -> str:
+    """A label as `labels.boxes` stores it: [[class, cx, cy, w, h], ...], coordinates rounded to 8 places."""
+    return json.dumps([[int(b[0]), *(round(float(v), 8) for v in b[1:5])] for b in boxes])
 
 
 def label_json(boxes: Iterable[Box]) -> str:

@@ -236,6 +236,22 @@ class PushReport:
 
 
 @dataclass(frozen=True)
+class ReviewNote:
+    """Why an image goes back to the annotators for a second look (label QA, `labelwise annotate push --review`).
+
+    issue: missing_box, wrong_class or badly_placed; text: one line for the reviewer; score: the label quality score
+    (low: most likely wrong); box: the box behind the suspicion (class, cx, cy, w, h normalised), or None; label: the
+    label as it stands."""
+
+    sha256: str
+    issue: str
+    text: str
+    score: float
+    box: tuple | None = None
+    label: tuple[YoloBox, ...] = ()
+
+
+@dataclass(frozen=True)
 class RetireReport:
     """What `retire` did to an old batch: unlabeled work removed from the annotators' reach, labeled work kept."""
 

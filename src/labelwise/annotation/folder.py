@@ -8,6 +8,7 @@
         retired.txt                      written by `retire`: images taken out after a re-selection
         manifest.json, manifest.csv      every image's rank, score, score components and reason
         classes.txt                      class names, one per line, line number = class id
+        review/                          `push_review`: label QA suspects for a second look (see there)
 
 Labels are matched to images by the staged name, or by the original file stem when that is unique in the batch.
 A label file that cannot be read makes its image "rejected" (a Problem naming file and line) and held: a label taken
@@ -23,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from labelwise.annotation.base import (
@@ -35,13 +36,14 @@ from labelwise.annotation.base import (
     PullResult,
     PushReport,
     RetireReport,
+    ReviewNote,
     TaskOutcome,
 )
 from labelwise.fileio import replace_dir
 from labelwise.pool import parse_yolo_label
 
 
-def manifest_rows(batch: Batch) -> list[dict]:
+def manifest_rows(batch: Batch, per_image: Mapping[str, dict] | None = None) -> list[dict]:
     rows = []
     for item in batch.items:
         rows.append({
@@ -55,12 +57,15 @@ def manifest_rows(batch: Batch) -> list[dict]:
             "reason": item.reason,
             **{f"score_{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in item.components.items()},
             "predicted_boxes": len(item.predictions),
+            **((per_image or {}).get(item.sha256) or {}),
         })
     return rows
 
 
-def write_manifest(folder: Path, batch: Batch, extra: dict | None = None) -> None:
-    rows = manifest_rows(batch)
+def write_manifest(folder: Path, batch: Batch, extra: dict | None = None,
+                   per_image: Mapping[str, dict] | None = None) -> None:
+    """manifest.json and manifest.csv of the batch; `per_image`: more columns by sha256 (e.g. label QA's)."""
+    rows = manifest_rows(batch, per_image)
     doc = {"round": batch.round, "model_version": batch.model_version, "classes": list(batch.classes),
            "images": rows, **(extra or {})}
     (folder / "manifest.json").write_text(json.dumps(doc, indent=2))
@@ -167,6 +172,60 @@ class FolderBackend:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return PushReport(batch.round, len(batch.items), where=str(target))
+
+    def review_folder(self, batch: Batch) -> Path:
+        return self.folder(batch) / "review"
+
+    def push_review(self, batch: Batch, notes: Mapping[str, ReviewNote]) -> PushReport:
+        """Stage label QA suspects (`batch`: the round's suspects) for a second look in the round folder's review/:
+
+            images/        the suspect images
+            current/       each image's label as it stands (YOLO txt): copy it to labels/ and correct it there
+            suspects/      the box behind the suspicion (YOLO txt, one line; empty when there is none)
+            predictions/   the model's boxes (cls cx cy w h conf)
+            labels/        corrected labels go here; a file equal to current/ confirms the label as it is
+            manifest.json, manifest.csv   every suspect's issue, label quality score, box and the line to read
+
+        Files already in labels/ (a review under way) are kept for the images still under review."""
+        target = self.review_folder(batch)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".review-{batch.round:03d}."))
+        try:
+            for sub in ("images", "current", "suspects", "predictions", "labels"):
+                (staging / sub).mkdir()
+            stems = {Path(item.staged_name).stem for item in batch.items}
+            for old in (target / "labels").glob("*.txt") if (target / "labels").is_dir() else ():
+                if old.stem in stems:
+                    shutil.copyfile(old, staging / "labels" / old.name)
+            for item in batch.items:
+                if not item.path.exists():
+                    raise AnnotationError(f"image {item.path} (a label QA suspect of round {batch.round}) no longer "
+                                          "exists; restore it to review its label")
+                stem = Path(item.staged_name).stem
+                (_link_or_copy if self.hardlink else shutil.copyfile)(item.path, staging / "images" / item.staged_name)
+                note = notes.get(item.sha256)
+                label = note.label if note is not None else ()
+                (staging / "current" / f"{stem}.txt").write_text(
+                    "".join(f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in label))
+                box = note.box if note is not None and note.box else None
+                (staging / "suspects" / f"{stem}.txt").write_text(
+                    f"{int(box[0])} {box[1]:.6f} {box[2]:.6f} {box[3]:.6f} {box[4]:.6f}\n" if box else "")
+                (staging / "predictions" / f"{stem}.txt").write_text("".join(
+                    f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {p:.4f}\n" for c, cx, cy, w, h, p in item.predictions))
+            (staging / "classes.txt").write_text("".join(f"{c}\n" for c in batch.classes))
+            extra = {sha: {"qa_issue": n.issue, "qa_score": round(n.score, 6), "qa_note": n.text,
+                           "qa_box": " ".join(f"{v:.6g}" for v in n.box) if n.box else ""} for sha, n in notes.items()}
+            write_manifest(staging, batch, {"review": "label QA suspects: put corrected labels in labels/"},
+                           per_image=extra)
+            replace_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return PushReport(batch.round, len(batch.items), where=str(target))
+
+    def pull_review(self, batch: Batch) -> PullResult:
+        """The labels in review/labels for the suspects in `batch` (a malformed file is a Problem)."""
+        return read_labels(self.review_folder(batch) / "labels", batch)
 
     def _skipped(self, batch: Batch) -> set[str]:
         path = self.folder(batch) / "skipped.txt"

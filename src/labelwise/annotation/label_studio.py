@@ -13,7 +13,10 @@ What a round looks like on the server:
   (percent coordinates, `model_version`, `score` = the selection score, so annotators can sort by it) and the
   labelwise bookkeeping in `data` (`labelwise_sha256`, `labelwise_round`, rank, score, reason);
 * the project's `model_version` is set to the round's every push (the Data Manager's prediction score only averages
-  predictions of the current model version).
+  predictions of the current model version);
+* a label QA review (`push_review`) marks the suspects' tasks in `data` (`labelwise_review`: "yes" while under
+  review, the reason in `labelwise_review_note`, `labelwise_qa_issue`, `labelwise_qa_score`) and adds a Data Manager
+  tab, "labelwise review", filtered to them: reviewers correct the annotation in place, and a pull takes it.
 
 Push is idempotent twice over: the state records the task id of every (round, sha256), and before importing the
 backend lists the project's tasks, so a push killed after the import but before the state was saved creates nothing new.
@@ -59,6 +62,7 @@ from labelwise.annotation.base import (
     PullResult,
     PushReport,
     RetireReport,
+    ReviewNote,
     TaskOutcome,
     YoloBox,
 )
@@ -73,6 +77,8 @@ IMAGE_VAR = "image"
 FROM_NAME = "label"
 TO_NAME = "image"
 STATE_PREFIX = "label_studio"
+REVIEW_TAB = "labelwise review"  # the Data Manager tab of the tasks under label QA review
+REVIEW_FIELD = "labelwise_review"
 # Task ids per request when selecting tasks by id (keeps the query string short).
 ID_CHUNK = 100
 LIGHT_FIELDS = "id,total_annotations,cancelled_annotations,updated_at"
@@ -692,6 +698,46 @@ class LabelStudioBackend:
         self.state.set(self._key("round", batch.round, "retired"), [])
         self.state.set(self._key("round", batch.round, "left_out"), [])
         return self.push(batch, finished=finished)
+
+    def push_review(self, batch: Batch, notes: dict[str, ReviewNote], *, done: Collection[str] = ()) -> PushReport:
+        """Mark the tasks of `batch` (a round's label QA suspects, already pushed) for review: `data.labelwise_review`
+        "yes", the reason in `labelwise_review_note`, the issue and score; tasks of the round in `done` (reviewed since)
+        get "done". Adds the project's "labelwise review" tab (filtered to "yes") once. Raises when a task is missing."""
+        self._check_batch(batch)
+        pid = self.project_id
+        tasks = self._round_tasks(batch.round)
+        missing = [item.staged_name for item in batch.items if item.sha256 not in tasks]
+        if pid is None or missing:
+            raise AnnotationError(
+                f"Round {batch.round}'s suspect image(s) {', '.join(missing[:5]) or '(all)'} have no task in Label Studio "
+                "(their labels came another way): review them in the label files, or push the round first.")
+        self._get_project(pid)
+        marks = {item.sha256: "yes" for item in batch.items}
+        marks.update({sha: "done" for sha in done if sha in tasks and sha not in marks})
+        for sha, mark in marks.items():
+            tid = tasks[sha]
+            task = self.client.request("GET", f"/api/tasks/{tid}/", what=f"reading task {tid}")
+            data = dict(task.get("data") or {})
+            data[REVIEW_FIELD] = mark
+            note = notes.get(sha)
+            if note is not None:
+                data.update({f"{REVIEW_FIELD}_note": note.text, "labelwise_qa_issue": note.issue,
+                             "labelwise_qa_score": round(float(note.score), 4)})
+            self.client.request("PATCH", f"/api/tasks/{tid}/", what=f"marking task {tid} for review", json={"data": data})
+        view = self._review_view(pid)
+        return PushReport(batch.round, len(batch.items), where=f"Label Studio project {pid}, tab '{REVIEW_TAB}' at "
+                                                                f"{self.url}/projects/{pid}/data?tab={view}")
+
+    def _review_view(self, pid: int) -> int:
+        """The id of the project's "labelwise review" Data Manager tab, created when missing."""
+        views = self.client.request("GET", "/api/dm/views", what=f"listing the tabs of project {pid}", params={"project": pid})
+        for view in views or []:
+            if (view.get("data") or {}).get("title") == REVIEW_TAB:
+                return int(view["id"])
+        body = {"project": pid, "data": {"title": REVIEW_TAB, "filters": {"conjunction": "and", "items": [
+            {"filter": f"filter:tasks:data.{REVIEW_FIELD}", "operator": "equal", "type": "String", "value": "yes"}]}}}
+        created = self.client.request("POST", "/api/dm/views", what=f"adding the '{REVIEW_TAB}' tab to project {pid}", json=body)
+        return int(created["id"])
 
     def _import(self, pid: int, batch: Batch, missing: list[BatchItem], tasks: dict[str, int], payload: dict[str, dict]) -> None:
         self._ensure_storage(pid, missing)

@@ -65,6 +65,7 @@ class ImportReport:
     released: list[str] = field(default_factory=list)  # held before, a valid annotation was taken now
     notes: list[str] = field(default_factory=list)  # one line each: what was left alone, and why
     push: PushReport | None = None  # set when the batch was just pushed and nothing was pulled (run's first push)
+    qa: Any = None  # labelwise.workflow.qa.QAReport: the label QA of the round after labels were written, or None
 
     @property
     def rejected(self) -> int:
@@ -334,7 +335,7 @@ def held_in(ctx: WorkspaceContext, current: Batch) -> dict[str, tuple[str, str]]
     """sha256 -> (staged name, why) of the batch's images held out of training."""
     by_sha = current.by_sha()
     return {image.sha256: (by_sha[image.sha256].staged_name, reason)
-            for image, _round, reason, _since in ctx.store.held() if image.sha256 in by_sha}
+            for image, _round, reason, _since in ctx.store.held(kind="rejected") if image.sha256 in by_sha}
 
 
 def round_progress(current: Batch, result: PullResult, outcomes: dict[str, str],
@@ -392,7 +393,8 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
     """Write pulled labels in one transaction; complete the round when nothing is pending or rejected.
 
     An image whose label was taken by an earlier pull but whose annotation that counts now is rejected (a newer,
-    invalid one) is held: kept out of training (`Store.hold`) until a valid annotation is pulled."""
+    invalid one) is held: kept out of training (`Store.hold`) until a valid annotation is pulled. When labels were
+    written, label QA checks the round (`qa.after_labels`; its report is `report.qa`)."""
     store = ctx.store
     by_sha = current.by_sha()
     report = ImportReport(problems=list(result.problems), round=current.round, via=via)
@@ -425,7 +427,7 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
                 report.notes.append(f"{label.source or item.staged_name} (image {item.staged_name}): not taken, the "
                                     f"backend marks it {verdict or 'unknown'}, not {label.status}")
                 continue
-            if label.status == "labeled" and store.release(item.image_id):
+            if label.status == "labeled" and store.release(item.image_id, kind="rejected"):
                 report.released.append(item.staged_name)
             if label.status == "skipped":
                 if item.image_id in pending_before:
@@ -451,7 +453,7 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
         report.pending = sum(1 for o in outcomes.values() if o == "pending")
         # An empty batch is never complete: closing its round would open the next at once, with nothing learned.
         if (selection and report.pending == 0 and not report.needs_correction
-                and store.current_round().step == "annotate"):
+                and store.current_round().round == current.round and store.current_round().step == "annotate"):
             store.update_round(current.round, step="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         report.complete = store.current_round().round == current.round and store.current_round().step == "done"
         p = report.progress
@@ -460,5 +462,9 @@ def apply(ctx: WorkspaceContext, current: Batch, result: PullResult, via: str = 
             "counts": {"total": p.total, "accepted": p.accepted, "rejected": p.rejected, "skipped": p.skipped,
                        "pending": p.pending},
             "problems": [dataclasses.asdict(problem) for problem in report.problems]})
+    if report.imported:  # new or changed labels: check the round's labels against the model (labelwise.workflow.qa)
+        from labelwise.workflow import qa
+
+        report.qa = qa.after_labels(ctx, current.round)
     report.next_command = next_command(ctx, report, source)
     return report

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labelwise.workflow import qa as label_qa
 from labelwise.workflow.context import WorkspaceContext, finished
 from labelwise.workflow.selecting import cold_start_plan
 
@@ -32,6 +33,9 @@ class Status:
     last_pull: str | None = None  # when and how the labels were last taken back
     # Labeled images kept out of training because the annotation that counts now was rejected: (image path, why).
     held: list[tuple[str, str]] = field(default_factory=list)
+    # Label QA (labelwise.workflow.qa.summary): the latest checked round's open suspects (count, the worst few), how
+    # many are held; None when no round was checked.
+    qa: dict[str, Any] | None = None
     # The latest `labelwise dividend` experiment in one line (its result, or where it stands); None if never run.
     dividend: str | None = None
 
@@ -137,10 +141,11 @@ def status(ctx: WorkspaceContext) -> Status:
     if current is None or current.step != "annotate":
         annotation, problems, last_pull = None, [], None
     held = [(str(image.path), f"round {r}: {reason}") for image, r, reason, _since in ctx.store.held()]
+    qa = label_qa.summary(ctx)
     from labelwise.workflow.dividend import status_line  # lazily: dividend stands above this module
 
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
-                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held,
+                  ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held, qa=qa,
                   dividend=status_line(ctx))
 
 
@@ -185,7 +190,8 @@ def annotation_state(ctx: WorkspaceContext, round_no: int) -> tuple[Any, list[An
     sel = ctx.store.selection(round_no)
     last = last_pull(ctx, round_no)
     problems = last["problems"] if last else []
-    rejected = {p.sha256 for p in problems if p.sha256 is not None} | {image.sha256 for image, *_ in ctx.store.held()}
+    rejected = {p.sha256 for p in problems if p.sha256 is not None} | {
+        image.sha256 for image, *_ in ctx.store.held(kind="rejected")}
     counts = {"accepted": 0, "rejected": 0, "skipped": 0, "pending": 0}
     for r in sel:
         status = "rejected" if r["sha256"] in rejected else {"labeled": "accepted"}.get(r["outcome"], r["outcome"])
