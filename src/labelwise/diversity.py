@@ -10,6 +10,11 @@ wait in a pending block and are applied to the whole pool with one matrix produc
 while each pick only evaluates the few points whose stale score (an upper bound, since distances to the nearest
 centre can only shrink) is highest. A pick is accepted once its exact score strictly beats every other point's upper
 bound.
+
+Large pools. With a GPU (``torch.cuda.is_available()``) and a pool of at least `GPU_MIN_POOL` rows, `farthest_first`
+runs the same greedy in torch on the GPU (`labelwise.kcenter_torch`; same picks up to float near-ties). On the CPU,
+from `APPROX_MIN_POOL` rows on, it runs a measured approximation (project-then-refine, `approximate_farthest_first`)
+when the embeddings' spectrum allows it, and the exact greedy otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +29,31 @@ from labelwise.scaling import minmax
 
 #: Rows per chunk of a pool-by-centres similarity product: bounds temporary memory to chunk x block floats.
 _CHUNK = 16384
+
+#: Pools of at least this many rows run k-center greedy on the GPU when torch sees one. Below it the NumPy greedy
+#: takes well under a second (20,000 x 1,000 picks x 448-d: about 0.2 s on one core), less than starting CUDA in a
+#: fresh process and copying the pool over.
+GPU_MIN_POOL = 50_000
+
+#: On the CPU, pools of at least this many rows use `approximate_farthest_first` (when the spectrum allows it, see
+#: APPROX_ENERGY). The exact greedy costs n * k * d multiply-adds: 1,000,000 x 1,000 picks x 448-d took 12.8 s on
+#: one core of the 2-core reference machine (84 GFLOP/s sgemm; a second BLAS thread gained nothing there), linear in
+#: both n and k, so 500,000 rows is where a batch of a few thousand starts to take minutes.
+APPROX_MIN_POOL = 500_000
+
+#: The approximation projects the centred embeddings on their leading principal components keeping this share of
+#: the variance. Measured on 100,000 synthetic low-rank embeddings (k = 1,000): 95% kept the covering radius within
+#: 0.3-1.5% of the exact greedy's. On embeddings without such structure (isotropic 448-d noise around clusters, where
+#: 64 components keep a third of the variance) the same scheme was 4-10% worse, hence the next bound.
+APPROX_ENERGY = 0.95
+
+#: ... and only when that takes at most this fraction of the dimensions (a speed-up of at least 4x on the pool-wide
+#: products); otherwise the greedy stays exact.
+APPROX_MAX_RANK_FRACTION = 0.25
+
+#: Rows the principal components are fitted on (the rows with the smallest tie keys, so the fit does not depend on
+#: the order of the pool's rows).
+APPROX_FIT_ROWS = 20_000
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -66,13 +96,40 @@ class GreedyResult:
     skipped: list[tuple[int, int, float]]
 
 
-def farthest_first(x: np.ndarray, k: int, **kwargs) -> GreedyResult:
-    """Generic exact greedy, see `_farthest_first` for the formula and arguments.
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
 
-    Runs with BLAS on one thread: the loop is thousands of small matrix products, and on a loaded machine a
-    multi-threaded BLAS spends several times longer synchronising its threads than computing them.
+
+def farthest_first(x: np.ndarray, k: int, *, device: str | None = None, approximate: bool | None = None,
+                   **kwargs) -> GreedyResult:
+    """Generic greedy, see `_farthest_first` for the formula and arguments.
+
+    device: None picks: torch on "cuda" when a GPU is present and the pool has at least `GPU_MIN_POOL` rows, else
+    NumPy. "numpy" forces NumPy; any other value is a torch device ("cuda", "cuda:1", "cpu") for
+    `labelwise.kcenter_torch.farthest_first_torch`, the same exact greedy (same picks up to float near-ties).
+    approximate: None approximates on the NumPy path from `APPROX_MIN_POOL` rows on; True / False force it (the
+    approximation runs on NumPy only). The NumPy paths run BLAS on one thread: the loop is thousands of small matrix
+    products, and on a loaded machine a multi-threaded BLAS spends several times longer synchronising its threads
+    than computing them.
     """
+    n = x.shape[0]
+    if device is None:
+        device = "cuda" if approximate is not True and n >= GPU_MIN_POOL and _cuda_available() else "numpy"
+    if device != "numpy":
+        if approximate:
+            raise ValueError("the approximate greedy runs on NumPy only: give device='numpy' or approximate=False")
+        from labelwise.kcenter_torch import farthest_first_torch
+
+        return farthest_first_torch(x, k, device=device, **kwargs)
+    if approximate is None:
+        approximate = n >= APPROX_MIN_POOL
     with threadpool_limits(limits=1, user_api="blas"):
+        if approximate:
+            return approximate_farthest_first(x, k, **kwargs)
         return _farthest_first(x, k, **kwargs)
 
 
@@ -80,7 +137,9 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
                    base: np.ndarray | None = None, gain: np.ndarray | None = None,
                    transform: Callable[[np.ndarray], np.ndarray] = np.sqrt,
                    first: int | None = None, dup_distance: float | None = None,
-                   tie_key: np.ndarray | None = None, block: int = 256, shortlist: int = 4096) -> GreedyResult:
+                   tie_key: np.ndarray | None = None, block: int = 256, shortlist: int = 4096,
+                   sq_norms: np.ndarray | None = None, labeled_sq_norms: np.ndarray | None = None,
+                   refine: "_ExactRefiner | None" = None) -> GreedyResult:
     """Generic exact greedy: repeatedly take ``argmax_x base[x] + gain[x] * transform(D(x)^2)`` where D(x) is the
     distance from x to its nearest centre (the `labeled` rows, then every earlier pick), updated after every pick.
 
@@ -89,16 +148,21 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
     2017). `transform` must be non-decreasing and map +inf (no centre yet) to a finite value unless `first` is given.
     `first` forces the first pick. Points within `dup_distance` of a centre are never picked (near-duplicate
     suppression); they are reported in `skipped` when they come up. Ties go to the smallest `tie_key` (default: index).
+
+    For `approximate_farthest_first` only: `sq_norms` / `labeled_sq_norms` replace the squared norms of the rows of
+    `x` / `labeled` in ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``, and `refine` replaces the distance of every candidate
+    about to be judged by its exact one (`_ExactRefiner`).
     """
     n = x.shape[0]
     k = min(int(k), n)
     base = np.zeros(n, dtype=np.float64) if base is None else np.asarray(base, dtype=np.float64)
     gain = np.ones(n, dtype=np.float64) if gain is None else np.asarray(gain, dtype=np.float64)
     tie_key = np.arange(n) if tie_key is None else np.asarray(tie_key)
-    x_sq = np.einsum("ij,ij->i", x, x).astype(np.float32)
+    x_sq = (np.einsum("ij,ij->i", x, x) if sq_norms is None else np.asarray(sq_norms)).astype(np.float32)
     if labeled is not None and labeled.shape[0]:
         lab = np.asarray(labeled, dtype=np.float32)
-        d2, near = _nearest(x, x_sq, lab, np.einsum("ij,ij->i", lab, lab).astype(np.float32))
+        lab_sq = np.einsum("ij,ij->i", lab, lab) if labeled_sq_norms is None else np.asarray(labeled_sq_norms)
+        d2, near = _nearest(x, x_sq, lab, lab_sq.astype(np.float32))
         near = -1 - near
     else:
         d2 = np.full(n, np.inf, dtype=np.float32)
@@ -130,6 +194,9 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
 
     def evaluate(rows: np.ndarray) -> None:
         # Brings the given rows' distances up to date with the pending centres.
+        if refine is not None and rows.size:
+            d2[rows], near[rows] = refine(rows)
+            return
         if not pending or rows.size == 0:
             return
         cen = np.asarray(pending, dtype=np.int64)
@@ -150,6 +217,8 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
         dists.append(float(np.sqrt(d2[row])))
         d2[row] = 0.0
         near[row] = row
+        if refine is not None:
+            refine.add(row)
         pending_x[len(pending)] = x[row]
         pending.append(row)
         if len(pending) >= block:
@@ -160,6 +229,11 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
         flush()
         rows = np.flatnonzero(alive)
         s = score(rows)
+        if refine is not None and rows.size > shortlist:  # judge the best bounds by their exact distances
+            rows = rows[np.argpartition(-s, shortlist - 1)[:shortlist]]
+        if refine is not None:
+            evaluate(rows)
+            s = score(rows)
         top = s.max()
         tied = rows[s == top]
         row = int(tied[np.argmin(tie_key[tied])])
@@ -219,6 +293,119 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
                         np.asarray(dists, dtype=np.float64), skipped)
 
 
+class _ExactRefiner:
+    """Exact squared distance of pool rows to their nearest centre (the labeled rows, then every pick so far), for
+    the approximate greedy. Cached per row: a row judged again is only compared with the centres added since."""
+
+    def __init__(self, x: np.ndarray, labeled: np.ndarray | None, capacity: int):
+        n, d = x.shape
+        m = 0 if labeled is None else labeled.shape[0]
+        self.x = x
+        self.cen = np.empty((m + capacity, d), dtype=np.float32)
+        self.cen_sq = np.empty(m + capacity, dtype=np.float32)
+        self.code = np.empty(m + capacity, dtype=np.int64)  # labeled j -> -1 - j, a pick -> its pool row
+        if m:
+            self.cen[:m] = labeled
+            self.cen_sq[:m] = np.einsum("ij,ij->i", labeled, labeled)
+            self.code[:m] = -1 - np.arange(m)
+        self.m = m
+        self.upto = np.zeros(n, dtype=np.int64)
+        self.d2 = np.full(n, np.inf, dtype=np.float32)
+        self.near = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+
+    def add(self, row: int) -> None:
+        self.cen[self.m] = self.x[row]
+        self.cen_sq[self.m] = self.x[row] @ self.x[row]
+        self.code[self.m] = row
+        self.m += 1
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        upto = self.upto[rows]
+        for group in (rows[upto == 0], rows[upto > 0]):
+            if group.size == 0:
+                continue
+            lo = int(self.upto[group].min())
+            if lo < self.m:
+                xr = self.x[group]
+                d2, j = _nearest(xr, np.einsum("ij,ij->i", xr, xr), self.cen[lo:self.m], self.cen_sq[lo:self.m])
+                closer = d2 < self.d2[group]
+                self.d2[group[closer]] = d2[closer]
+                self.near[group[closer]] = self.code[lo + j[closer]]
+                self.upto[group] = self.m
+        return self.d2[rows], self.near[rows]
+
+
+def principal_projection(x: np.ndarray, energy: float = APPROX_ENERGY,
+                         max_rank: int | None = None, fit_rows: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, P): the mean of the rows and the (d, r) leading principal axes keeping `energy` of the variance
+    (PCA by the eigendecomposition of the covariance of `fit_rows`, default all rows), or None when that needs
+    more than `max_rank` axes (default ``APPROX_MAX_RANK_FRACTION * d``)."""
+    d = x.shape[1]
+    max_rank = int(APPROX_MAX_RANK_FRACTION * d) if max_rank is None else max_rank
+    sub = np.asarray(x if fit_rows is None else x[fit_rows], dtype=np.float64)
+    if sub.shape[0] < 2 or max_rank < 1:
+        return None
+    mean = sub.mean(axis=0)
+    sub = sub - mean
+    w, v = np.linalg.eigh(sub.T @ sub / sub.shape[0])
+    w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
+    total = w.sum()
+    if total <= 0:
+        return None
+    r = int(np.searchsorted(np.cumsum(w) / total, energy - 1e-12)) + 1
+    if r > max_rank:
+        return None
+    return mean.astype(np.float32), np.ascontiguousarray(v[:, :r], dtype=np.float32)
+
+
+def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((x - mean) @ axes, ||x - mean||^2) row by row, chunked (no full-size temporary)."""
+    n = x.shape[0]
+    out = np.empty((n, axes.shape[1]), dtype=np.float32)
+    sq = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _CHUNK):
+        c = np.asarray(x[start:start + _CHUNK], dtype=np.float32) - mean
+        out[start:start + c.shape[0]] = c @ axes
+        sq[start:start + c.shape[0]] = np.einsum("ij,ij->i", c, c)
+    return out, sq
+
+
+def approximate_farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
+                               tie_key: np.ndarray | None = None, energy: float = APPROX_ENERGY,
+                               **kwargs) -> GreedyResult:
+    """Project-then-refine approximation of `_farthest_first` (same arguments and result) for large pools.
+
+    The pool-wide distance updates, which cost n * k * d, run on the centred embeddings projected on their leading
+    principal axes (`principal_projection`, fitted on the `APPROX_FIT_ROWS` rows of smallest tie key), r << d:
+
+        ||x - c||^2 ~= |x - mu|^2 + |c - mu|^2 - 2 (P(x - mu)).(P(c - mu)),
+
+    the full squared norms with the inner product taken in the subspace (the part outside it is treated as
+    uncorrelated noise rather than dropped, as plain projection would). Every candidate the greedy is about to judge
+    is then refined: its exact distance to its nearest labeled-or-picked centre replaces the estimate, so a pick's
+    reported distance, and the near-duplicate test, are exact. Falls back to the exact greedy when more than
+    ``APPROX_MAX_RANK_FRACTION * d`` axes are needed for `energy` of the variance. Measured in benchmarks/RESULTS.md
+    (issue 10): covering radius against the exact greedy's.
+    """
+    n = x.shape[0]
+    key = np.arange(n) if tie_key is None else np.asarray(tie_key)
+    fit = np.sort(np.argsort(key, kind="stable")[:APPROX_FIT_ROWS]) if n > APPROX_FIT_ROWS else None
+    proj = principal_projection(x, energy, fit_rows=fit)
+    if proj is None:
+        return _farthest_first(x, k, labeled=labeled, tie_key=tie_key, **kwargs)
+    mean, axes = proj
+    xp, sq = _project(x, mean, axes)
+    lab = None
+    lab_p = lab_sq = None
+    if labeled is not None and labeled.shape[0]:
+        lab = np.asarray(labeled, dtype=np.float32)
+        lab_p, lab_sq = _project(lab, mean, axes)
+    refiner = _ExactRefiner(np.asarray(x, dtype=np.float32), lab, capacity=min(int(k), n))
+    return _farthest_first(xp, k, labeled=lab_p, tie_key=tie_key, sq_norms=sq, labeled_sq_norms=lab_sq,
+                           refine=refiner, **kwargs)
+
+
 def central_point(x: np.ndarray) -> int:
     """Index of the point nearest to the normalised mean direction of `x` (ties: lowest index).
 
@@ -229,21 +416,23 @@ def central_point(x: np.ndarray) -> int:
     return int(np.argmax(x @ mean)) if x.shape[0] else -1
 
 
-def k_center_greedy(embeddings: np.ndarray, k: int, labeled: np.ndarray | None = None) -> np.ndarray:
+def k_center_greedy(embeddings: np.ndarray, k: int, labeled: np.ndarray | None = None, *,
+                    device: str | None = None, approximate: bool | None = None) -> np.ndarray:
     """Core-set selection by k-center greedy (Sener & Savarese 2018, "Active Learning for Convolutional Neural
     Networks: A Core-Set Approach"): repeatedly take ``argmax_x min_{c in C} ||x - c||`` and add it to C, where C
     starts as the `labeled` embeddings.
 
     Embeddings are L2-normalised first. Returns min(k, N) distinct pool indices in selection order. Deterministic:
     without a labeled set the first pick is `central_point` (nearest the mean direction); ties go to the lowest
-    index. Exact (see module docstring for how it stays fast).
+    index. Exact (see module docstring for how it stays fast) unless `approximate` (see `farthest_first`, which
+    also explains `device`).
     """
     x = l2_normalise(embeddings)
     lab = None if labeled is None or np.asarray(labeled).shape[0] == 0 else l2_normalise(labeled)
     if k <= 0 or x.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     first = central_point(x) if lab is None else None
-    return farthest_first(x, k, labeled=lab, first=first).picks
+    return farthest_first(x, k, labeled=lab, first=first, device=device, approximate=approximate).picks
 
 
 def covering_radius(embeddings: np.ndarray, centres: np.ndarray, labeled: np.ndarray | None = None) -> float:

@@ -569,8 +569,8 @@ def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: Str
             np.einsum("ij,ij->i", x[rows], x[rows]) + x[first] @ x[first] - 2.0 * (x[rows] @ x[first]), 0.0))))
     d0 = d0 if d0 > 0 else 1.0
 
-    def transform(d2: np.ndarray) -> np.ndarray:
-        return np.minimum(np.sqrt(d2) / d0, 1.0)
+    def transform(d2):  # NumPy array or torch tensor (the greedy may run on a GPU)
+        return (d2 ** 0.5 / d0).clip(max=1.0)
 
     base = config.alpha * weight * u_scaled
     gain = config.beta * weight
