@@ -85,10 +85,10 @@ def _label(folder: Path, item, boxes) -> None:
     (folder / f"{Path(item.staged_name).stem}.txt").write_text(_text(boxes))
 
 
-def _second_round(ws: Workspace, tmp_path: Path):
-    """Round 1 labeled from the truth, then train, score and select round 2; returns round 2's batch items."""
+def _second_round(ws: Workspace, labels: Path):
+    """Round 1 labeled from the truth (`labels`), then train, score and select round 2; returns its batch items."""
     ws.select()
-    first = ws.import_labels(tmp_path / "pool" / "labels")
+    first = ws.import_labels(labels)
     assert first.complete and first.qa is None  # round 1: picked before any model, nothing to check against
     while ws.store.current_round().round < 2 or ws.store.current_round().step != "annotate":
         ws.step()
@@ -158,7 +158,7 @@ def test_held_kinds_in_the_store(tmp_path):
 
 def test_suspects_are_found_held_released_and_listed(tmp_path):
     ws = _workspace(tmp_path, qa={"hold_suspects": True})
-    items = _second_round(ws, tmp_path)
+    items = _second_round(ws, tmp_path / "pool" / "labels")
     wrong = _with_errors(items)
     folder = tmp_path / "round2"
     for item in items:
@@ -208,7 +208,7 @@ def test_suspects_are_found_held_released_and_listed(tmp_path):
 
 def test_without_hold_suspects_nothing_is_held_and_the_import_prints_the_suspects(tmp_path):
     ws = _workspace(tmp_path)
-    items = _second_round(ws, tmp_path)
+    items = _second_round(ws, tmp_path / "pool" / "labels")
     wrong = _with_errors(items)
     folder = tmp_path / "round2"
     for item in items:
@@ -231,7 +231,7 @@ def test_without_hold_suspects_nothing_is_held_and_the_import_prints_the_suspect
 
 def test_review_through_the_folder_backend(tmp_path):
     ws = _workspace(tmp_path)
-    items = _second_round(ws, tmp_path)
+    items = _second_round(ws, tmp_path / "pool" / "labels")
     wrong = _with_errors(items)
     folder = tmp_path / "round2"
     for item in items:
@@ -264,3 +264,74 @@ def test_review_through_the_folder_backend(tmp_path):
     assert ws.qa_suspects() == []
     nothing = runner.invoke(app, ["annotate", "push", "--review", *args])
     assert nothing.exit_code == 2 and "no open label QA suspects" in nothing.output
+
+
+# -- review in a real Label Studio -------------------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_review_through_label_studio_marks_tasks_and_takes_the_second_look(tmp_path, label_studio_server,
+                                                                           monkeypatch):
+    import uuid
+
+    ls = label_studio_server
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls.token)
+    pool = _scenes(ls.document_root / f"qa-pool-{uuid.uuid4().hex[:8]}", 24, 1)
+    val = _scenes(tmp_path / "val", 4, 2)
+    Workspace.create(tmp_path / "ws", images=[pool / "images"], classes=["a", "b"], val=val / "images",
+                     model="yolo11n.yaml", budget={"per_round": 6, "initial": 6}, train={"epochs": 1},
+                     stopping={"rule": "none"},
+                     annotation={"backend": "label_studio", "url": ls.url, "document_root": str(ls.document_root),
+                                 "project_title": f"qa {uuid.uuid4().hex[:6]}"}).ingest_sources(progress=False)
+    ws = Workspace(tmp_path / "ws", detector=TruthDetector())
+    items = _second_round(ws, pool / "labels")
+    wrong = _with_errors(items)
+    ws.push()
+    pid = ws.backend().project_id
+    tasks = ws.backend()._round_tasks(2)
+
+    def annotate(api, item, boxes) -> None:
+        result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": SIZE,
+                   "original_height": SIZE, "value": {"x": (cx - w / 2) * 100, "y": (cy - h / 2) * 100,
+                                                      "width": w * 100, "height": h * 100, "rotation": 0,
+                                                      "rectanglelabels": [["a", "b"][c]]}}
+                  for c, cx, cy, w, h in boxes]
+        r = api.post(f"/api/tasks/{tasks[item.sha256]}/annotations", json={"result": result, "lead_time": 2.0})
+        assert r.status_code == 201, r.text
+
+    with ls.client() as api:
+        for item in items:
+            annotate(api, item, wrong[item.sha256])
+    pulled = ws.pull()
+    assert pulled.complete and {r["sha256"] for r in pulled.qa.suspects} == {items[0].sha256, items[1].sha256}
+    args = ["-w", str(ws.root)]
+    pushed = runner.invoke(app, ["annotate", "push", "--review", *args], env={"COLUMNS": "250"})
+    assert pushed.exit_code == 0, pushed.output
+    assert f"sent 2 label QA suspect(s) for review to Label Studio project {pid}, tab 'labelwise review'" in \
+        pushed.output
+    with ls.client() as api:
+        data = {item.sha256: api.get(f"/api/tasks/{tasks[item.sha256]}/").json()["data"] for item in items}
+        views = api.get("/api/dm/views", params={"project": pid}).json()
+    assert {sha for sha, d in data.items() if d.get("labelwise_review") == "yes"} == {items[0].sha256,
+                                                                                     items[1].sha256}
+    assert data[items[0].sha256]["labelwise_qa_issue"] == "missing_box"
+    assert "missing box" in data[items[0].sha256]["labelwise_review_note"]
+    assert data[items[0].sha256]["labelwise_sha256"] == items[0].sha256  # the task's own data is kept
+    (view,) = [v for v in views if v["data"]["title"] == "labelwise review"]
+    with ls.client() as api:  # the tab shows the suspects' tasks, and only them
+        shown = api.get("/api/tasks", params={"project": pid, "view": view["id"], "fields": "all"}).json()["tasks"]
+    assert {t["data"]["labelwise_sha256"] for t in shown} == {items[0].sha256, items[1].sha256}
+    # nothing looked at yet: nothing taken, nothing confirmed
+    early = runner.invoke(app, ["annotate", "pull", "--review", *args])
+    assert early.exit_code == 0 and "2 suspect(s) not reviewed yet" in early.output, early.output
+    # the reviewer draws the missing box on one and submits the other again as it was
+    with ls.client() as api:
+        annotate(api, items[0], _truth(int(items[0].path.stem)))
+        annotate(api, items[1], wrong[items[1].sha256])
+    done = runner.invoke(app, ["annotate", "pull", "--review", *args], env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    assert f"(confirmed): {items[1].path.name}" in done.output and "1 corrected label(s) taken" in done.output
+    ws = Workspace(ws.root)
+    assert ws.store.label(items[0].image_id) == [tuple(b) for b in _truth(int(items[0].path.stem))]
+    assert {r["sha256"]: r["status"] for r in ws.store.suspects(2)} == {items[0].sha256: "changed",
+                                                                       items[1].sha256: "confirmed"}
