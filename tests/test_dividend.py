@@ -167,12 +167,29 @@ def test_dividend_end_to_end_killed_between_trainings_resumes_without_relabeling
 
 
 @pytest.mark.slow
-def test_dividend_on_two_seeds_gives_a_mean_and_a_ci_or_says_within_noise(tmp_path, scenes):
+def test_dividend_through_the_folder_backend_on_two_seeds_gives_a_mean_and_a_ci(tmp_path, scenes):
+    import shutil
+
+    from labelwise.pool import label_path_for
+
     ws = _workspace(tmp_path / "ws", scenes)
     events = []
-    result = ws.dividend(k=4, seeds=2, oracle=scenes / "train" / "labels", on_event=events.append)
-    assert sum(e.startswith("training ") for e in events) == 4  # two models, two seeds each
-    assert result.state == "done" and result.seeds == 2
+    waiting = ws.dividend(k=4, seeds=2, on_event=events.append)  # the configured backend: the folder one
+    assert waiting.state == "waiting" and not any(e.startswith("training ") for e in events)
+    assert waiting.labels.push is not None and "labelwise dividend" in waiting.next_command
+    assert "out for labeling" in ws.status().dividend
+    batch = ws.batch()
+    assert len(batch.items) == 8
+    labels = tmp_path / "ws" / "annotation" / f"round-{batch.round:03d}" / "labels"  # the annotators' work
+    labels.mkdir(parents=True, exist_ok=True)
+    for item in batch.items:
+        target = labels / f"{Path(item.staged_name).stem}.txt"
+        source = label_path_for(item.path)
+        shutil.copy(source, target) if source.exists() else target.write_text("")
+
+    result = ws.dividend(on_event=events.append)  # pulls, then trains: two models, two seeds each
+    assert sum(e.startswith("training ") for e in events) == 4
+    assert result.state == "done" and result.seeds == 2 and ws.store.counts()["pool_labeled"] == 16
     c = result.comparison
     assert c.difference.n == 2 and c.noise_sd is not None
     assert c.difference.low is not None and c.difference.low <= c.difference.mean <= c.difference.high

@@ -302,16 +302,23 @@ def dividend_bars(
         values = np.asarray(map50[arm], dtype=np.float64)
         colour = styles[arm]["color"]
         if values.size:
-            left.bar(x[i], float(values.mean()), width=0.6, color=colour)
+            mean = float(values.mean())
+            left.bar(x[i], mean, width=0.6, color=colour)
+            # the value at the bar's foot, where the per-seed dots never cover it
+            left.text(x[i], 0.02, f"{mean:.3f}", ha="center", va="bottom", fontsize=9, color="white",
+                      fontweight="bold")
             if values.size > 1:
                 left.scatter(np.full(values.size, x[i]), values, color="black", s=12, zorder=3)
         gain = gain_per_100.get(arm)
         if gain is not None and math.isfinite(gain):
             right.bar(x[i], gain, width=0.6, color=colour)
+            right.annotate(f"{gain:+.3f}", (x[i], gain), xytext=(0, 3 if gain >= 0 else -11),
+                           textcoords="offset points", ha="center", fontsize=8)
     if baseline is not None:
         left.axhline(baseline, color=_REFERENCE_COLOUR, linestyle="--", linewidth=1, label="current model")
-        left.legend(loc="lower right", fontsize=8)
+        left.legend(loc="upper right", fontsize=8)
     right.axhline(0.0, color="black", linewidth=0.8)
+    right.margins(y=0.15)  # room for the value labels
     for ax, ylabel in ((left, "mAP50"), (right, "mAP50 gain per 100 labels")):
         ax.set_xticks(x)
         ax.set_xticklabels(arms)
