@@ -512,3 +512,23 @@ def test_scored_pool_gathers_right_when_other_rows_misalign_the_buffers(tmp_path
     vs.write_shard(detections_table([("d", _det(rng, 1, d=9))], "m", 64))
     with pytest.raises(ValueError, match="lengths"):
         vs.scored_pool("m", 64, "", ["a", "d"], n_classes=3)
+
+
+def test_scored_pool_reads_in_batches_of_row_groups_with_the_same_result(tmp_path, monkeypatch):
+    import labelwise.vectors as vectors
+
+    monkeypatch.setattr(vectors, "ROW_GROUP_ROWS", 3)
+    rng = np.random.default_rng(16)
+    vs = VectorStore(tmp_path / "vectors")
+    dets = {f"s{i:02d}": _det(rng, int(rng.integers(0, 4))) for i in range(20)}
+    path = vs.write_shard(detections_table(list(dets.items())[:14], "m", 64))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5
+    vs.write_shard(detections_table(list(dets.items())[14:] + [("s03", dets["s03"])], "m", 64))
+    order = [f"s{i:02d}" for i in (19, 2, 7, 8, 13, 0, 3, 16)]
+    whole = vs.scored_pool("m", 64, "", order, n_classes=3)
+    for batch_rows in (1, 4, 7):
+        part = vs.scored_pool("m", 64, "", order, n_classes=3, batch_rows=batch_rows)
+        for name in ("image_ids", "embeddings", "box_offsets", "class_scores", "boxes", "max_candidate_score"):
+            assert np.array_equal(getattr(part, name), getattr(whole, name)), (batch_rows, name)
+    assert np.array_equal(whole.embeddings, np.stack([dets[s].embedding for s in order]))
+    assert np.array_equal(whole.class_scores, np.concatenate([dets[s].class_scores for s in order]))

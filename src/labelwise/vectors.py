@@ -72,6 +72,8 @@ SHARD_SUFFIX = ".parquet"
 TMP_PREFIX = ".tmp-"
 ROW_GROUP_ROWS = 4_096  # small enough that looking a few images up reads a little of a big shard
 COMPACT_ROWS = 262_144  # rows per file when shards are merged
+READ_BATCH_ROWS = 8_192  # rows decoded at a time by scored_pool: its memory beyond the result (decoding a list
+#                          column takes several times its size: about 40 MB for 8,192 rows of 448-d fp16 embeddings)
 
 DETECTIONS_SCHEMA = pa.schema([
     pa.field("sha256", pa.string()),
@@ -471,33 +473,36 @@ class VectorStore:
 
     @_retry_vanished
     def scored_pool(self, model_hash: str, imgsz: int, variant: str, shas: Sequence[str],
-                    image_ids: np.ndarray | None = None, n_classes: int | None = None) -> ScoredPool:
+                    image_ids: np.ndarray | None = None, n_classes: int | None = None,
+                    batch_rows: int = READ_BATCH_ROWS) -> ScoredPool:
         """The scored rows of the images `shas` (ids `image_ids`, default 0..N-1) packed for the core, in the order
-        of `shas`; images without a scored row (never scored, or an error row) are left out. Reads only
-        `POOL_COLUMNS`, memory-mapped; the result's arrays are gathered straight from the decoded Arrow buffers
-        with NumPy index arrays (per box, not per value; no loop over rows, no intermediate copy of a column).
+        of `shas`; images without a scored row (never scored, or an error row) are left out.
 
-        Raises ValueError when the rows disagree on the number of classes or differ from `n_classes` when given.
-        `hashes` of the result is None (the store fills it)."""
+        Two passes over the key's shards, memory-mapped: the sha256 and error columns say which rows are wanted
+        (the last registered copy of an image wins); then the other `POOL_COLUMNS` are read a batch of row groups
+        at a time (about `batch_rows` rows) and the wanted rows are gathered straight from the decoded Arrow
+        buffers into the result arrays with NumPy index arrays (per box, not per value; no loop over rows). So the
+        memory a read needs beyond its result is one batch's columns, whatever the pool's size.
+
+        Raises ValueError when the rows disagree on the number of classes or differ from `n_classes` when given,
+        or when their embeddings differ in length. `hashes` of the result is None (the store fills it)."""
         ids = np.arange(len(shas), dtype=np.int64) if image_ids is None else np.asarray(image_ids, np.int64)
         if len(ids) != len(shas):
             raise ValueError(f"{len(shas)} hashes but {len(ids)} image ids")
         wanted = shas if isinstance(shas, (pa.Array, pa.ChunkedArray)) else pa.array(list(shas), pa.string())
-        tables: list[pa.Table] = []
-        picks: list[tuple[np.ndarray, np.ndarray]] = []  # per shard read: (rows in it, their positions in `shas`)
-        for path in self.shards(model_hash, imgsz, variant):
-            table = pq.read_table(path, columns=POOL_COLUMNS, memory_map=True)
-            pos = pc.index_in(table.column("sha256"), value_set=wanted)
-            keep = pc.fill_null(pc.and_(pc.is_valid(pos), pc.is_null(table.column("error"))), False)
+        # Pass 1: which rows of which shard, in the order of `shas`.
+        paths = self.shards(model_hash, imgsz, variant)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        for path in paths:
+            keys = pq.read_table(path, columns=["sha256", "error"], memory_map=True)
+            pos = pc.index_in(keys.column("sha256"), value_set=wanted)
+            keep = pc.fill_null(pc.and_(pc.is_valid(pos), pc.is_null(keys.column("error"))), False)
             rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
-            if len(rows):
-                tables.append(table)
-                picks.append((rows, pc.fill_null(pos, -1).to_numpy(zero_copy_only=False)[rows].astype(np.int64)))
-        # One row per image, the last registered copy, in the order of `shas`.
-        shard = np.concatenate([np.full(len(r), k, np.int64) for k, (r, _) in enumerate(picks)]) if picks \
-            else np.zeros(0, np.int64)
-        row = np.concatenate([r for r, _ in picks]) if picks else np.zeros(0, np.int64)
-        pos = np.concatenate([p for _, p in picks]) if picks else np.zeros(0, np.int64)
+            found.append((rows, pc.fill_null(pos, -1).to_numpy(zero_copy_only=False)[rows].astype(np.int64)))
+        shard = np.concatenate([np.full(len(r), k, np.int64) for k, (r, _) in enumerate(found)] or [[]]).astype(
+            np.int64)
+        row = np.concatenate([r for r, _ in found] or [[]]).astype(np.int64)
+        pos = np.concatenate([p for _, p in found] or [[]]).astype(np.int64)
         order = np.lexsort((np.arange(len(pos)), pos))
         last = np.ones(len(order), dtype=bool)
         last[:-1] = pos[order][1:] != pos[order][:-1]
@@ -505,38 +510,88 @@ class VectorStore:
         shard, row, pos = shard[order], row[order], pos[order]
         n = len(pos)
 
-        def scalars(name: str, dtype: type, fill: Any = 0) -> np.ndarray:
-            out = np.empty(n, dtype=dtype)
-            for k, table in enumerate(tables):
-                at = np.flatnonzero(shard == k)
-                out[at] = pc.fill_null(table.column(name), fill).to_numpy(zero_copy_only=False)[row[at]]
-            return out
-
-        ncs = np.unique(scalars("n_classes", np.int64))
-        if n_classes is None and len(ncs):
-            n_classes = int(ncs[0]) if len(ncs) == 1 else -1
-        if any(int(nc) != n_classes for nc in ncs):
-            raise ValueError(f"cached detections have {sorted(int(x) for x in ncs)} classes, expected {n_classes}")
+        # Pass 2: the wanted rows' columns, a batch of row groups at a time, into the result.
+        widths, heights = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        max_candidate = np.zeros(n, np.float32)
+        ncs = np.zeros(n, np.int64)
+        embeddings: np.ndarray | None = None
+        box_pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        columns = [c for c in POOL_COLUMNS if c not in ("sha256", "error")]
+        for k, path in enumerate(paths):
+            mine = np.flatnonzero(shard == k)
+            if not len(mine):
+                continue
+            with pq.ParquetFile(path, memory_map=True) as pf:
+                sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+                starts = csr_offsets(np.asarray(sizes, dtype=np.int64))
+                group_of = np.searchsorted(starts, row[mine], side="right") - 1
+                groups = np.unique(group_of)
+                batch: list[int] = []
+                for g_index, g in enumerate(groups):
+                    batch.append(int(g))
+                    if g_index + 1 < len(groups) and sum(sizes[x] for x in batch) + sizes[groups[g_index + 1]] \
+                            <= max(batch_rows, sizes[groups[g_index + 1]]):
+                        continue
+                    at = mine[np.isin(group_of, batch)]  # result rows this batch fills
+                    table = pf.read_row_groups(batch, columns=columns)
+                    read_starts = csr_offsets(np.asarray([sizes[x] for x in batch], dtype=np.int64))
+                    which = np.searchsorted(np.asarray(batch), group_of[np.isin(group_of, batch)])
+                    local = row[at] - starts[np.asarray(batch)[which]] + read_starts[which]
+                    for name, out in (("width", widths), ("height", heights), ("n_classes", ncs),
+                                      ("max_candidate_score", max_candidate)):
+                        fill = np.nan if name == "max_candidate_score" else 0
+                        out[at] = pc.fill_null(table.column(name), fill).to_numpy(zero_copy_only=False)[local]
+                    emb, _ = _gather_lists([table], "embedding", np.zeros(len(at), np.int64), local, None,
+                                           np.float32)
+                    if embeddings is None:
+                        embeddings = np.empty((n, emb.shape[1]), np.float32)
+                    elif emb.shape[1] != embeddings.shape[1]:
+                        raise ValueError(f"cached embeddings have lengths {sorted({emb.shape[1], embeddings.shape[1]})}"
+                                         "; one model gives one")
+                    embeddings[at] = emb
+                    boxes, counts = _gather_lists([table], "boxes", np.zeros(len(at), np.int64), local, 4, np.float32)
+                    nc_here = np.unique(ncs[at])
+                    scores = None
+                    if len(nc_here) == 1 and nc_here[0] > 0:
+                        scores, score_counts = _gather_lists([table], "class_scores", np.zeros(len(at), np.int64),
+                                                             local, int(nc_here[0]), np.float32)
+                        if not np.array_equal(score_counts, counts):
+                            raise ValueError("cached detections have class scores for other boxes than their boxes")
+                    box_pieces.append((at, counts, boxes, scores))
+                    del table
+                    batch = []
+        found_ncs = np.unique(ncs)
+        if n_classes is None and len(found_ncs):
+            n_classes = int(found_ncs[0]) if len(found_ncs) == 1 else -1
+        if any(int(nc) != n_classes for nc in found_ncs):
+            raise ValueError(f"cached detections have {sorted(int(x) for x in found_ncs)} classes, expected "
+                             f"{n_classes}")
         nc = n_classes or 0
-        boxes, counts = _gather_lists(tables, "boxes", shard, row, 4, np.float32)
+        counts = np.zeros(n, dtype=np.int64)
+        for at, piece_counts, _, _ in box_pieces:
+            counts[at] = piece_counts
         offsets = csr_offsets(counts)
-        if nc:
-            class_scores, score_counts = _gather_lists(tables, "class_scores", shard, row, nc, np.float32)
-            if not np.array_equal(score_counts, counts):
-                raise ValueError("cached detections have class scores for other boxes than their boxes")
-        else:
-            class_scores = np.zeros((0, 0), np.float32)
-        embeddings, emb_counts = _gather_lists(tables, "embedding", shard, row, None, np.float32)
-        sizes = np.stack([scalars("width", np.float32), scalars("height", np.float32)], axis=1)
+        boxes = np.empty((int(offsets[-1]), 4), np.float32)
+        class_scores = np.empty((int(offsets[-1]), nc), np.float32) if nc else np.zeros((0, 0), np.float32)
+        for at, piece_counts, piece_boxes, piece_scores in box_pieces:
+            total = int(piece_counts.sum())
+            if not total:
+                continue
+            within = np.arange(total) - np.repeat(csr_offsets(piece_counts)[:-1], piece_counts)
+            dest = np.repeat(offsets[at], piece_counts) + within
+            boxes[dest] = piece_boxes
+            if nc:
+                class_scores[dest] = piece_scores
+        del box_pieces
         if len(boxes):
-            boxes /= np.repeat(np.concatenate([sizes, sizes], axis=1), counts, axis=0)
+            boxes /= np.repeat(np.stack([widths, heights, widths, heights], axis=1), counts, axis=0)
         return ScoredPool(
             image_ids=ids[pos],
-            embeddings=embeddings if n else np.zeros((0, 0), np.float32),
+            embeddings=embeddings if n and embeddings is not None else np.zeros((0, 0), np.float32),
             box_offsets=offsets,
             class_scores=class_scores,
             boxes=boxes if len(boxes) else np.zeros((0, 4), np.float32),
-            max_candidate_score=scalars("max_candidate_score", np.float32, np.nan),
+            max_candidate_score=max_candidate,
             hashes=None,
         )
 
