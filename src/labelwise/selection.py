@@ -61,6 +61,31 @@ _NEEDS_EVIDENCE = (*MEASURES, "hybrid", "uncertainty_then_diverse", "committee",
 
 #: Candidates checked against the labeled set and the batch per step of a ranked walk.
 _WALK_BLOCK = 4096
+#: Candidates judged together against the picks of their own walk block: a sub-block's similarity matrix is
+#: _DEDUP_SUB^2 floats (4 MB), whatever the batch size.
+_DEDUP_SUB = 1024
+#: Reference rows per chunk of a nearest-neighbour search (`best_match`): the temporary is at most
+#: _DEDUP_SUB x _MATCH_CHUNK floats.
+_MATCH_CHUNK = 4096
+
+
+def best_match(q: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `q`, the row of `ref` with the largest inner product and that product: ``argmax_j q_i.ref_j``
+    (on L2-normalised rows the cosine similarity; ties to the smallest j). Exhaustive, chunked over both `q` and
+    `ref`, so memory stays O((|q| + |ref|) * d) and never |q| x |ref|. Without any `ref` row: index 0, -inf."""
+    n = q.shape[0]
+    best = np.zeros(n, dtype=np.int64)
+    best_sim = np.full(n, -np.inf, dtype=np.float32)
+    for a in range(0, n, _DEDUP_SUB):
+        b = min(n, a + _DEDUP_SUB)
+        for c in range(0, ref.shape[0], _MATCH_CHUNK):
+            sims = q[a:b] @ ref[c:c + _MATCH_CHUNK].T
+            j = np.argmax(sims, axis=1)
+            s = sims[np.arange(b - a), j]
+            better = s > best_sim[a:b]  # strictly: an earlier chunk keeps a tie
+            best[a:b][better] = c + j[better]
+            best_sim[a:b][better] = s[better]
+    return best, best_sim
 
 
 @dataclass(frozen=True)
@@ -277,31 +302,38 @@ class _Batch:
                 continue
             xb = self.x[blk]
             before = list(self.rows)
-            cen = self.centres()
-            if cen.shape[0]:
-                sims = xb @ cen.T
-                best = np.argmax(sims, axis=1)
-                best_sim = sims[np.arange(blk.size), best]
-            else:
-                best = np.zeros(blk.size, dtype=np.int64)
-                best_sim = np.full(blk.size, -np.inf)
-            self_sims = xb @ xb.T
-            taken_here: list[int] = []
-            for i, r in enumerate(blk):
-                if self.excluded[r]:
-                    continue
-                if best_sim[i] >= thr:
-                    self.skip(r, self.centre_name(int(best[i]), before), best_sim[i])
-                    continue
-                if taken_here:
-                    s = self_sims[i, taken_here]
-                    j = int(np.argmax(s))
-                    if s[j] >= thr:
-                        self.skip(r, f"pool row {int(blk[taken_here[j]])}", s[j])
+            # Each candidate's most similar labeled-or-batch image: a nearest-neighbour search by inner product
+            # (cosine, the rows being unit vectors), chunked, never a block-by-centres matrix.
+            best, best_sim = best_match(xb, self.centres())
+            taken_here: list[int] = []  # block positions picked in this block, in pick order
+            for a in range(0, blk.size, _DEDUP_SUB):
+                # Candidates are judged one by one against what this block picked before them: those of earlier
+                # sub-blocks by a search, those of this sub-block by a sub-block-sized similarity matrix.
+                b = min(blk.size, a + _DEDUP_SUB)
+                n_prior = len(taken_here)
+                p_best, p_sim = best_match(xb[a:b], xb[np.asarray(taken_here, dtype=np.int64)])
+                sub_sims = xb[a:b] @ xb[a:b].T
+                for i in range(a, b):
+                    r = blk[i]
+                    if self.excluded[r]:
                         continue
-                self.add(r, score[r], comps(r), reason(r, len(self.rows) + 1))
-                taken_here.append(i)
-                picked += 1
+                    if best_sim[i] >= thr:
+                        self.skip(r, self.centre_name(int(best[i]), before), best_sim[i])
+                        continue
+                    j, s = int(p_best[i - a]), p_sim[i - a]
+                    if len(taken_here) > n_prior:  # this sub-block's picks come after the earlier ones
+                        mine = sub_sims[i - a, np.asarray(taken_here[n_prior:]) - a]
+                        jj = int(np.argmax(mine))
+                        if mine[jj] > s:
+                            j, s = n_prior + jj, mine[jj]
+                    if s >= thr:
+                        self.skip(r, f"pool row {int(blk[taken_here[j]])}", s)
+                        continue
+                    self.add(r, score[r], comps(r), reason(r, len(self.rows) + 1))
+                    taken_here.append(i)
+                    picked += 1
+                    if picked >= need:
+                        break
                 if picked >= need:
                     break
         return picked
