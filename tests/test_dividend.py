@@ -198,3 +198,27 @@ def test_dividend_through_the_folder_backend_on_two_seeds_gives_a_mean_and_a_ci(
         assert c.text.startswith("within noise")
     assert all(len(arm.map50) == 2 for arm in result.arms.values())
     assert result.line.endswith(c.verdict)
+
+
+def test_a_rerun_with_another_k_says_how_to_start_a_new_experiment(tmp_path):
+    """On a fake store state (no training): the latest experiment is done and its round is the current one."""
+    from labelwise.loop import Workspace
+    from labelwise.workflow.context import LoopError
+    from labelwise.workflow.dividend import KV
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(images / f"{i}.png")
+    ws = Workspace.create(tmp_path / "ws", images=[images], classes=["a"], model="yolo11n.yaml")
+    ws.ingest_sources(progress=False)
+    ws.store.start_round(1, "done")
+    ws.store.kv_set(KV, "round/1/plan", {"round": 1, "k": 4, "seeds": 1, "strategy": "hybrid", "base": []})
+    ws.store.kv_set(KV, "round/1/result", {"round": 1, "k": 4, "seeds": 1, "strategy": "hybrid", "state": "done",
+                                           "line": "round 1: done"})
+    ws.store.kv_set(KV, "latest", 1)
+    with pytest.raises(LoopError, match="is done; a new one starts on the next round"):
+        ws.dividend(k=8)
+    assert ws.status().dividend == "round 1: done"

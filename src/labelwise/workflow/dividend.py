@@ -157,6 +157,11 @@ def run(ctx: WorkspaceContext, k: int | None = None, seeds: int | None = None, o
         plan = _start(ctx, k or DEFAULT_K, seeds or 1, say, on_retire)
     else:
         if k is not None and k != plan["k"]:
+            recorded = ctx.store.kv_get(KV, _key(plan["round"], "result")) or {}
+            if recorded.get("state") == "done":
+                raise LoopError(f"round {plan['round']}'s dividend experiment (--k {plan['k']}) is done; a new one "
+                                f"starts on the next round: `labelwise train -w {ctx.root}` (it trains on both "
+                                f"batches), then labelwise dividend --k {k}")
             raise LoopError(f"round {plan['round']}'s dividend experiment was started with --k {plan['k']}; run it "
                             f"again with --k {plan['k']} (or without --k) to go on")
         if seeds is not None and seeds > plan["seeds"]:
