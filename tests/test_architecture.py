@@ -17,7 +17,8 @@ IO_MODULES = ["sqlite3", "ultralytics", "torch", "httpx", "PIL", "cv2", "matplot
               "labelwise.workflow", "labelwise.loop"]
 ADAPTERS = ["store", "vectors", "pool", "config", "fileio", "archive", "progress", "detectors.base",
             "detectors.ultralytics", "annotation", "annotation.base", "annotation.folder"]
-WORKFLOW = ["context", "ingest", "training", "scoring", "selecting", "annotating", "status", "rounds", "qa", "dividend"]
+WORKFLOW = ["context", "ingest", "training", "scoring", "selecting", "annotating", "status", "rounds", "monitoring",
+            "qa", "dividend"]
 ABOVE_WORKFLOW = ["labelwise.loop", "labelwise.cli", "labelwise.simulate", "labelwise.demo", "labelwise.report"]
 
 

@@ -121,7 +121,7 @@ def test_night_is_flagged_far_more_than_daylight_and_the_drift_series_shows_the_
         conf = series.mean_conf[name]
         assert max(conf[2:]) < min(conf[:2]) - 0.3
         assert abs(np.nanmean(conf[:2]) - series.baseline_conf[name]) < 0.1
-    assert series.expected_share == pytest.approx(0.1)
+    assert series.expected_share == pytest.approx(0.05)  # 1 - monitor.quantile
     # flagged images are in the pool, copied into the workspace, with their provenance
     report = session.total
     assert report.seen == 80 and report.flagged > 30
@@ -269,3 +269,58 @@ def test_watch_scores_files_written_to_the_folder_until_stopped(tmp_path, data):
     sources = {Path(r[0]).name for r in ws.store.conn.execute("SELECT source FROM monitored")}
     assert sources == {"before.png", *(f"frame{i}.png" for i in range(5))}
     assert sum(b.seen for b in batches) == 6
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+
+
+def test_cli_without_a_trained_model_names_the_command_to_run_first(tmp_path, data):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+
+    train = data["train"]
+    Workspace.create(tmp_path / "ws", images=[train / "train" / "images"], data_yaml=train / "data.yaml",
+                     model="yolo11n.yaml", imgsz=64).ingest_sources(progress=False)
+    result = CliRunner().invoke(app, ["monitor", "-w", str(tmp_path / "ws"), "--images",
+                                      str(data["day"] / "train" / "images")])
+    assert result.exit_code == 2
+    assert "no trained model" in result.output and "labelwise run" in result.output
+    assert "labelwise train" in result.output and "Traceback" not in result.output
+    glob = CliRunner().invoke(app, ["monitor", "-w", str(tmp_path / "ws"), "--images", str(tmp_path / "*.jpg")])
+    assert glob.exit_code == 2 and "matches no file" in glob.output
+
+
+def test_status_and_report_show_the_drift_plot(tmp_path, data):
+    from typer.testing import CliRunner
+
+    from labelwise.cli import app
+    from labelwise.report import build_report
+
+    ws = _workspace(tmp_path / "ws", data)
+    day = [0]
+    session = monitoring.Monitor(ws.ctx, clock=_clock(day), progress=False)
+    session.process(_images(data["day"])[:10])
+    day[0] = 1
+    session.process(_images(data["night"])[:10])
+    result = CliRunner().invoke(app, ["status", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "20 production image(s) over 2 day(s)" in flat
+    assert f"drift plot {ws.root / 'monitor' / 'drift.png'}" in flat
+    html = build_report(ws, tmp_path / "report.html").read_text()
+    assert 'id="drift-plot"' in html and "20 production image(s)" in html
+
+
+def test_nearest_labeled_is_the_cosine_distance_and_faiss_agrees_with_numpy():
+    rng = np.random.default_rng(0)
+    labeled = rng.normal(0, 1, (300, 8)).astype(np.float32)
+    probe = np.vstack([3 * labeled[:4], rng.normal(0, 1, (6, 8))]).astype(np.float32)
+    nearest = monitoring.NearestLabeled(labeled)
+    got = nearest.distance(probe)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    assert got == pytest.approx(1 - (unit(probe) @ unit(labeled).T).max(axis=1), abs=1e-5)
+    assert got[:4] == pytest.approx(np.zeros(4), abs=1e-5)  # the same direction: no distance
+    without = monitoring.NearestLabeled(labeled)
+    without.index = None  # the NumPy path
+    assert without.distance(probe) == pytest.approx(got, abs=1e-5)

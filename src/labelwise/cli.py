@@ -174,6 +174,10 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         text = advice if isinstance(advice, str) else f"{advice.rule}: {'STOP' if advice.stop else 'continue'} - " \
                                                       f"{advice.reason}"
         out.print(f"  stopping advice  {text}", highlight=False)
+    if s.monitor is not None:
+        out.print(f"  monitor  {escape(s.monitor.line)}", highlight=False, soft_wrap=True)
+        if s.monitor.plot is not None:
+            out.print(f"  drift plot  {s.monitor.plot}", highlight=False, soft_wrap=True)
     if s.quarantined:
         out.print("[yellow]quarantined files:[/yellow]")
         for _path, reason in s.quarantined:
@@ -391,6 +395,72 @@ def _print_dividend(result) -> None:
                   highlight=False)
     out.print("both batches stay labeled and join the training set", highlight=False)
     out.print(f"next: {escape(result.next_command)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
+def monitor(
+    images: Annotated[list[str], typer.Option(
+        "--images", help="Production images: files, folders or glob patterns (quoted, e.g. 'cam/**/*.jpg'); "
+                         "repeatable.")],
+    workspace: WorkspaceOpt = Path("."),
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Then keep watching the folders (a glob: its folder) and handle every image written there, "
+                        "until Ctrl-C.")] = False,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="The deployed checkpoint (default: the last round's trained weights).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Score new production images with the deployed model and flag the uncertain, novel and rare-class ones into the
+    pool for the next `labelwise run` (at most monitor.daily_cap a day, near duplicates left out). Every image is
+    recorded once by content: a rerun, or the same image seen again, costs no inference."""
+    root = Path(workspace)
+    if not watch:
+        report, plot = _monitor_once(workspace=workspace, images=images, model=model, threads=threads)
+        _print_monitor(report, root, plot)
+        if report.interrupted:
+            raise typer.Exit(130)
+        return
+    writes(lambda workspace: None)(workspace=workspace)  # not a half-made workspace, nobody else writing now
+    ws = Workspace(workspace, threads=threads)
+    err.print(f"watching {', '.join(images)} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+
+    def on_batch(report) -> None:
+        import time
+
+        out.print(f"{time.strftime('%H:%M:%S')}  {escape(report.line())}", highlight=False, soft_wrap=True)
+        for _path, reason in report.unreadable[:10]:
+            err.print(f"  [yellow]unreadable:[/yellow] {escape(reason)}", highlight=False, soft_wrap=True)
+
+    report = ws.watch(images, model=model, on_batch=on_batch,
+                      lock=functools.partial(workspace_lock, root, "labelwise monitor --watch"))
+    from labelwise.workflow.monitoring import drift_plot
+
+    out.print("stopped watching" + (" (Ctrl-C)" if report.interrupted else ""), highlight=False)
+    _print_monitor(report, root, drift_plot(ws.ctx), unreadable=False)
+
+
+@writes
+def _monitor_once(*, workspace: Path, images: list[str], model: Path | None, threads: int | None):
+    """One `labelwise monitor` pass, holding the workspace's lock; (report, drift plot)."""
+    from labelwise.workflow.monitoring import drift_plot
+
+    ws = Workspace(workspace, threads=threads)
+    report = ws.monitor(images, model=model)
+    return report, drift_plot(ws.ctx)
+
+
+def _print_monitor(report, root: Path, plot: Path | None, *, unreadable: bool = True) -> None:
+    out.print(escape(report.line()), highlight=False, soft_wrap=True)
+    for _path, reason in report.unreadable[:10] if unreadable else []:
+        err.print(f"  [yellow]unreadable:[/yellow] {escape(reason)}", highlight=False, soft_wrap=True)
+    if plot is not None:
+        out.print(f"drift plot: {plot}", highlight=False, soft_wrap=True)
+    if report.interrupted:
+        out.print("stopped by Ctrl-C: what was recorded stays; run the same command again to go on", highlight=False)
+    if report.flagged:
+        out.print(f"next: labelwise run -w {root}  (the flagged images are in the pool, unlabeled)", highlight=False,
+                  soft_wrap=True)
 
 
 def _print_problems(problems) -> None:

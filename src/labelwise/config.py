@@ -263,8 +263,9 @@ class MonitorSettings(_Section):
     """`monitor:`: which production images `labelwise monitor` flags into the pool (labelwise.workflow.monitoring)."""
 
     # flag an image whose uncertainty, or whose distance to the nearest labeled image, is above this quantile of
-    # what the model shows on its own validation images (0.9: a tenth of images like those would be flagged)
-    quantile: float = Field(0.9, gt=0, lt=1)
+    # what the model shows on its own validation images (0.95: each rule flags one in twenty images like those, the
+    # rules together about one in ten)
+    quantile: float = Field(0.95, gt=0, lt=1)
     rare_share: float = Field(0.05, ge=0, le=1)  # a class is rare below this share of the labeled boxes
     # a box counts as a detection (rare classes, drift) from this confidence; null: score.conf
     conf: float | None = Field(None, ge=0, le=1)

@@ -216,6 +216,28 @@ class Workspace:
 
         return qa.pull_review(self.ctx)
 
+    # -- production monitoring ---------------------------------------------------------------------------------
+
+    def monitor(self, images: list[str | Path], *, model: Path | None = None, progress: bool = True) -> Any:
+        """`labelwise monitor`: score production images (files, folders, globs) with the deployed model and flag
+        those worth labeling into the pool; returns a MonitorReport (workflow.monitoring)."""
+        from labelwise.workflow import monitoring
+
+        return monitoring.monitor(self.ctx, images, model=model, progress=progress)
+
+    def watch(self, images: list[str | Path], *, model: Path | None = None, **kwargs: Any) -> Any:
+        """`labelwise monitor --watch`: `monitor`, then every image written to the folders until stopped
+        (workflow.monitoring.watch: stop, lock, on_batch, ready)."""
+        from labelwise.workflow import monitoring
+
+        return monitoring.watch(self.ctx, images, model=model, **kwargs)
+
+    def drift(self) -> Any:
+        """What `labelwise monitor` saw per day, as the drift plot draws it (a DriftSeries; None before any)."""
+        from labelwise.workflow import monitoring
+
+        return monitoring.drift_series(self.ctx)
+
     # -- stopping and status -------------------------------------------------------------------------------------
 
     def stop_advice(self) -> list[Any]:

@@ -234,6 +234,20 @@ def _qa_html(ws, classes: list[str], max_thumbs: int = MAX_QA_THUMBS) -> str:
     return "".join(out)
 
 
+def _monitor_html(status: Any) -> str:
+    """Production monitoring: the summary line and the drift plot (labelwise.workflow.monitoring); nothing when
+    `labelwise monitor` never ran."""
+    summary = getattr(status, "monitor", None)
+    if summary is None:
+        return ""
+    parts = ["<h2>Production monitoring</h2>", f'<p id="monitor-summary">{_e(summary.line)}</p>']
+    if summary.plot is not None and Path(summary.plot).exists():
+        parts.append('<img id="drift-plot" class="curve" alt="drift per day: mean confidence and detections per '
+                     'class against the validation set, share of images flagged per rule" '
+                     f'src="{_data_uri(Path(summary.plot).read_bytes(), "image/png")}">')
+    return "".join(parts)
+
+
 def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS_PER_ROUND) -> Path:
     """Write the report of `workspace` (a `labelwise.loop.Workspace`) and return the HTML file's path.
 
@@ -321,6 +335,9 @@ def build_report(workspace, out: Path, *, max_thumbs_per_round: int = MAX_THUMBS
     parts.append(_qa_html(ws, classes))
 
     # -- each round's picks
+    # -- production monitoring (labelwise monitor)
+    parts.append(_monitor_html(status))
+
     parts.append("<h2>Selected images per round</h2>")
     parts.append('<p class="legend">boxes: <span style="background:rgb%s"></span>label '
                  '<span style="background:rgb%s"></span>prediction of the model that selected the image '

@@ -33,6 +33,9 @@ class Status:
     last_pull: str | None = None  # when and how the labels were last taken back
     # Labeled images kept out of training because the annotation that counts now was rejected: (image path, why).
     held: list[tuple[str, str]] = field(default_factory=list)
+    # `labelwise monitor`: one line on the production images seen and the drift plot (a MonitorSummary); None if
+    # it never ran.
+    monitor: Any = None
     # Label QA (labelwise.workflow.qa.summary): the latest checked round's open suspects (count, the worst few), how
     # many are held; None when no round was checked.
     qa: dict[str, Any] | None = None
@@ -146,7 +149,18 @@ def status(ctx: WorkspaceContext) -> Status:
 
     return Status(ctx.root, current.round if current else None, step, counts, last_map, cmd, msg,
                   ctx.store.quarantined(), stopped, rounds, advice, annotation, problems, last_pull, held, qa=qa,
-                  dividend=status_line(ctx))
+                  dividend=status_line(ctx), monitor=monitor_summary(ctx))
+
+
+def monitor_summary(ctx: WorkspaceContext) -> Any:
+    """`labelwise monitor`'s line and drift plot (redrawn when out of date), None if it never ran; a plot that cannot
+    be drawn must not hide the status: the line says why."""
+    from labelwise.workflow.monitoring import MonitorSummary, summary
+
+    try:
+        return summary(ctx)
+    except Exception as exc:  # noqa: BLE001 - the status itself comes first
+        return MonitorSummary(f"drift unavailable: {exc}", None)
 
 
 def annotate_command(ctx: WorkspaceContext, round_no: int, progress: Any) -> str:
