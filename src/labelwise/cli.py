@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from labelwise.annotation.base import AnnotationError, RetireReport
-from labelwise.config import ConfigError
+from labelwise.config import ConfigError, load_config
 from labelwise.detectors import ultralytics as yolo  # DEFAULT_MODEL, check_model_available; imports no ultralytics
 from labelwise.detectors.base import DetectorError
 from labelwise.engines import ENGINES, EngineError
@@ -226,13 +226,13 @@ def score(workspace: WorkspaceOpt = Path("."), threads: ThreadsOpt = None,
     if engine is not None and engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r} is not an engine: use one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
-    ws = Workspace(workspace, threads=threads)
-    if address is not None and (engine or ws.config.score.engine) != "ray":
+    chosen = engine or load_config(workspace).score.engine
+    if address is not None and chosen != "ray":
         raise typer.BadParameter("--address is for the Ray engine: add --engine ray (or set score.engine: ray)",
                                  param_hint="--address")
-    if (engine or ws.config.score.engine) == "local":
+    if chosen == "local":
         _hint_if_cpu_busy()
-    report = ws.score_round(engine=engine, address=address)
+    report = Workspace(workspace, threads=threads).score_round(engine=engine, address=address)
     if report.needed_inference:
         out.print(f"scored {report.scored} images with the {report.engine} engine in {report.seconds:.1f} s"
                   + (f" ({report.skipped} already scored)" if report.skipped else ""), highlight=False)

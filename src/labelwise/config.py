@@ -30,7 +30,7 @@ Settings that are not plain values:
 - `threads`: CPU threads for training and scoring; null (the default) means auto: $OMP_NUM_THREADS when set, else
   the cores this process may run on. `cfg.thread_count()` gives the number.
 - `score.engine`: local (the default: this process) or ray (a Ray cluster, `labelwise.engines.ray`), with the Ray
-  engine's settings under `score.ray` (address, concurrency, batch_size, num_gpus, num_cpus).
+  engine's settings under `score.ray` (address, concurrency, batch_size, num_gpus, num_cpus, paths).
 - `budget.val`: validation images to hold out; null (the default) means 10% of the initial batch, at least 30.
   `cfg.budget.val_size()` gives the number.
 """
@@ -196,6 +196,15 @@ def _ray_address(value: str | None) -> str | None:
     return value
 
 
+def _path_map(value: dict[str, str]) -> dict[str, str]:
+    for local, remote in value.items():
+        if not local.startswith("/"):
+            raise _rule(f"{local!r} is not an absolute path (the pool's folder, as labelwise status shows paths)")
+        if "://" not in remote and not remote.startswith("/"):
+            raise _rule(f"{local!r} maps to {remote!r}: give a URL (s3://bucket/prefix) or an absolute path")
+    return value
+
+
 class RaySettings(_Section):
     """`score.ray`: the Ray engine's cluster and actors (see `labelwise.engines.ray`)."""
 
@@ -208,6 +217,12 @@ class RaySettings(_Section):
     batch_size: int | None = Field(None, ge=1)  # images per forward pass in an actor (null: score.batch)
     num_gpus: float | None = Field(None, ge=0)  # GPUs per actor (null: 1 where the cluster has GPUs, else 0)
     num_cpus: float = Field(1.0, gt=0)  # CPUs each actor reserves; its torch threads when `threads` is null
+    # where the cluster reads the pool's images: a folder as the workspace knows it -> the same files elsewhere, a URL
+    # of any filesystem pyarrow or fsspec reads ({/data/fleet: "s3://my-bucket/fleet"}) or another mount point
+    paths: Annotated[dict[str, str], AfterValidator(_path_map)] = Field(
+        default_factory=dict, json_schema_extra=_allowed(
+            "a mapping of a folder of the pool (an absolute path) to where the cluster reads it (a URL such as "
+            "s3://bucket/prefix, or an absolute path)"))
 
 
 class ScoreSettings(_Section):
@@ -543,7 +558,7 @@ def _nonblank(names: list[str]) -> list[str]:
 class WorkspaceConfig(_Section):
     _refused: ClassVar[dict[str, str]] = {
         "scoring": "the scoring settings are under `score:` (score.engine: local or ray, and score.ray for the "
-                   "Ray engine's address, concurrency, batch_size, num_gpus and num_cpus)"}
+                   "Ray engine's address, concurrency, batch_size, num_gpus, num_cpus and paths)"}
     classes: Annotated[list[str], AfterValidator(_nonblank)] = Field(
         min_length=1, json_schema_extra=_allowed("a non-empty list of distinct class names, in id order"))
     images: Annotated[list[str], AfterValidator(_nonblank)] = Field(

@@ -97,6 +97,10 @@ class ScoringEngine(Protocol):
         workspace and say what was done. One image that fails is quarantined, never a failed pass."""
         ...
 
+    def close(self) -> None:
+        """Release what the passes shared (the Ray engine's cluster connection); the engine may be used again."""
+        ...
+
 
 def engine(name: str, *, address: str | None = None) -> ScoringEngine:
     """The engine called `name` ("local" or "ray"). `address`: the Ray cluster to join (None: `score.ray.address`

@@ -2,7 +2,9 @@
 
 The default engine. It needs no Ray, starts nothing, and costs nothing over the scorer itself: the detector reads
 and decodes each image, scores `batch` images per forward pass and yields each image's result; results are committed
-every `COMMIT_EVERY` images, so a kill loses at most one chunk of inference and never a result already committed.
+as a shard (`Store.put_detections`) every `COMMIT_EVERY` images, so a kill loses at most one chunk of inference and
+never a result already committed. An image that cannot be read or decoded is quarantined and gets a row with the
+reason in its `error` column, as the Ray engine writes it: it is not tried again for the same model.
 """
 
 from __future__ import annotations
@@ -43,17 +45,26 @@ class LocalEngine:
         pending: list[tuple[str, Any]] = []
         for sha, result in stream:
             if isinstance(result, ScoreFailure):
+                # a quarantined row (the reason in its error column): the image is not tried again for this model
                 path = str(by_sha[sha].path)
-                ctx.store.quarantine(path, result.reason)
+                ctx.store.quarantine(path, result.reason, sha256=sha)
                 report.quarantined.append((path, result.reason))
-                continue
-            pending.append((sha, result))
-            report.scored += 1
+                pending.append((sha, result.reason))
+            else:
+                pending.append((sha, result))
+                report.scored += 1
             if len(pending) >= COMMIT_EVERY:  # commit often: a kill loses at most one chunk of inference
-                ctx.store.put_detections(request.model_hash, request.imgsz, pending, request.variant)
+                self._commit(ctx, request, pending)
                 pending = []
                 crash_point("mid_score")
         if pending:
-            ctx.store.put_detections(request.model_hash, request.imgsz, pending, request.variant)
+            self._commit(ctx, request, pending)
         report.seconds = time.perf_counter() - started
         return report
+
+    def close(self) -> None:
+        """Nothing to release: the detector belongs to the workspace."""
+
+    def _commit(self, ctx: "WorkspaceContext", request: ScoreRequest, rows: list[tuple[str, Any]]) -> None:
+        ctx.store.put_detections(request.model_hash, request.imgsz, rows, request.variant, round_no=request.round,
+                                 engine=self.name)

@@ -39,10 +39,13 @@ def score_round(ctx: WorkspaceContext, progress: bool = True, *, engine: str | N
     assert current is not None and current.model_path and current.model_hash
     runner = engine_for(ctx, engine, address=address)
     started = time.perf_counter()
-    report = score_images_report(ctx, Path(current.model_path), current.model_hash, progress=progress,
-                                 engine=runner, round_no=round_no)
-    report = report.merge(extra_passes_report(ctx, round_no, json.loads(current.strategy or "{}"),
-                                              progress=progress, engine=runner))
+    try:
+        report = score_images_report(ctx, Path(current.model_path), current.model_hash, progress=progress,
+                                     engine=runner, round_no=round_no)
+        report = report.merge(extra_passes_report(ctx, round_no, json.loads(current.strategy or "{}"),
+                                                  progress=progress, engine=runner))
+    finally:
+        runner.close()  # one Ray connection for all the round's passes
     ctx.store.update_round(round_no, step="select", score_seconds=time.perf_counter() - started,
                            agreement=agreement_with_previous(ctx, current))
     return report
@@ -116,8 +119,13 @@ def score_images_report(ctx: WorkspaceContext, weights: Path, model_hash: str, *
                      for img in ctx.store.images(split="pool", state=state)),
         conf=cfg.score.conf, iou=cfg.score.iou, max_det=cfg.score.max_det, batch=cfg.score.batch,
         device=cfg.device, variant=variant, flip=flip, round=round_no)
-    runner = engine if engine is not None else engine_for(ctx)
-    return runner.score(ctx, request, progress=progress)
+    if engine is not None:
+        return engine.score(ctx, request, progress=progress)
+    runner = engine_for(ctx)
+    try:
+        return runner.score(ctx, request, progress=progress)
+    finally:
+        runner.close()
 
 
 def extra_passes(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool = True,
@@ -132,14 +140,18 @@ def extra_passes_report(ctx: WorkspaceContext, round_no: int, strategy: dict[str
     """`extra_passes`, returning the engines' report."""
     current = ctx.store.current_round()
     assert current is not None and current.model_path and current.model_hash
+    if strategy.get("name") not in ("consistency", "committee"):
+        return ScoreReport(engine=engine.name if engine is not None else ctx.config.score.engine)
     runner = engine if engine is not None else engine_for(ctx)
-    if strategy.get("name") == "consistency":
-        return score_images_report(ctx, Path(current.model_path), current.model_hash, flip=True,
-                                   states=("unlabeled", "selected"), progress=progress, engine=runner,
-                                   round_no=round_no)
-    if strategy.get("name") == "committee":
+    try:
+        if strategy.get("name") == "consistency":
+            return score_images_report(ctx, Path(current.model_path), current.model_hash, flip=True,
+                                       states=("unlabeled", "selected"), progress=progress, engine=runner,
+                                       round_no=round_no)
         return score_committee(ctx, round_no, strategy, progress=progress, engine=runner)
-    return ScoreReport(engine=runner.name)
+    finally:
+        if engine is None:
+            runner.close()
 
 
 def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, Any], progress: bool,
@@ -158,7 +170,7 @@ def score_committee(ctx: WorkspaceContext, round_no: int, strategy: dict[str, An
     # Every member's resample is drawn up front, so member j trains on the same sample whether or not the
     # members before it were already trained (a resumed run must not give member 1 member 0's sample).
     samples = [rng.integers(0, len(labeled), size=len(labeled)) for _ in range(members)]
-    runner = engine if engine is not None else engine_for(ctx)
+    runner = engine if engine is not None else engine_for(ctx)  # extra_passes_report passes one and closes it
     report = ScoreReport(engine=runner.name)
     for j in range(members):
         variant = f"member{j}"
