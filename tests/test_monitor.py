@@ -324,3 +324,62 @@ def test_nearest_labeled_is_the_cosine_distance_and_faiss_agrees_with_numpy():
     without = monitoring.NearestLabeled(labeled)
     without.index = None  # the NumPy path
     assert without.distance(probe) == pytest.approx(got, abs=1e-5)
+
+
+class RareDetector(SceneDetector):
+    """SceneDetector that also sees a confident ring (class 4, rare in the labeled set) in every third image."""
+
+    def score(self, weights, images, **kwargs):
+        for sha, det in super().score(weights, images, **kwargs):
+            if int(sha[:6], 16) % 3 == 0:
+                scores = det.class_scores.copy()
+                scores[0] = 0.01
+                scores[0, 4] = 0.9
+                det = ImageDetections(det.boxes, scores, det.box_features, det.embedding, det.max_candidate_score,
+                                      det.width, det.height)
+            yield sha, det
+
+
+def test_a_class_rare_in_the_labeled_set_flags_the_image(tmp_path, data):
+    ws = _workspace(tmp_path / "ws", data, RareDetector(), monitor={"daily_cap": None})
+    counts = ws.store.class_box_counts(6)
+    share = counts / counts.sum()
+    report = monitoring.monitor(ws.ctx, [data["day"] / "train" / "images"], progress=False)
+    baseline = monitoring.Baseline.from_json(ws.store.kv_get("monitor", "baseline"))
+    assert baseline.rare == [c for c in range(6) if share[c] < 0.05] and 4 in baseline.rare
+    rows = ws.store.conn.execute("SELECT sha256, reasons, class_stats FROM monitored").fetchall()
+    with_ring = {r[0] for r in rows if "4" in json.loads(r[2])}
+    rare = {r[0] for r in rows if "rare_class" in json.loads(r[1])}
+    assert with_ring and rare == with_ring and report.reasons["rare_class"] == len(with_ring)
+
+
+class InterruptingDetector(SceneDetector):
+    """Ctrl-C after `after` images."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def score(self, weights, images, **kwargs):
+        for item in super().score(weights, images, **kwargs):
+            if len(self.scored) > self.after:
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_ctrl_c_keeps_what_was_recorded_and_the_rerun_goes_on(tmp_path, data):
+    ws = _workspace(tmp_path / "ws", data)
+    monitoring.monitor(ws.ctx, [data["day"] / "train" / "images"], progress=False)  # the baseline, scored once
+    stream = [*_images(data["day"]), *_images(data["night"])]
+    copies = tmp_path / "stream"
+    copies.mkdir()
+    for i, path in enumerate(stream):  # mirrored: 80 images the workspace has not seen
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(copies / f"{i:03d}.png")
+    stopping = InterruptingDetector(after=monitoring.CHUNK + 6)
+    first = monitoring.monitor(Workspace(ws.root, detector=stopping).ctx, [copies], progress=False)
+    assert first.interrupted and first.seen == monitoring.CHUNK  # the first chunk, recorded image by image
+    going_on = SceneDetector()
+    second = monitoring.monitor(Workspace(ws.root, detector=going_on).ctx, [copies], progress=False)
+    assert not second.interrupted and second.seen == 80 - monitoring.CHUNK
+    assert second.already_seen == monitoring.CHUNK and len(going_on.scored) == 80 - monitoring.CHUNK
+    assert ws.store.conn.execute("SELECT COUNT(*) FROM monitored").fetchone()[0] == 40 + 80
