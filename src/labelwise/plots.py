@@ -229,8 +229,8 @@ def drift(
     1. mean confidence of each class's detections per day (solid), the same on the validation set (dashed, same
        colour); a class with no detection that day has no point;
     2. detections per image of each class per day, against the validation set's (dashed);
-    3. the share of the day's images that met each flagging rule (and any of them), against `expected_share`, the
-       share of the validation set above the quantile (1 - quantile).
+    3. the share of the day's images that met each flagging rule (and, in black, a series whose name starts with
+       "any": any of them), against `expected_share`, the validation set's share per rule (1 - quantile).
     days: the x axis (one label per day, with its image count below); model_changes: indices of days whose first
     image was scored by another model than the day before (a dotted vertical line). NaN draws nothing. Returns `out`;
     the PNG is figsize × dpi pixels.
@@ -252,9 +252,10 @@ def drift(
     axes[0].set_ylim(0, 1.0)
     axes[0].plot([], [], color="#555555", linestyle="--", label="validation set")
     axes[0].legend(loc="lower left", fontsize=7, ncol=min(4, len(mean_conf) + 1))
-    reason_styles = {"any": {"color": "black", "linewidth": 2.0}}
     for i, (name, values) in enumerate(flag_share.items()):
-        style = reason_styles.get(name, {"color": _PALETTE[(i + 3) % len(_PALETTE)], "linewidth": 1.2})
+        # the share meeting any rule (a name starting with "any"): the line that matters, in black
+        style = ({"color": "black", "linewidth": 2.0} if name.startswith("any")
+                 else {"color": _PALETTE[(i + 2) % len(_PALETTE)], "linewidth": 1.2})
         axes[2].plot(x, np.asarray(values, dtype=np.float64), marker="o", markersize=3, label=name, **style)
     if expected_share is not None:
         axes[2].axhline(expected_share, color="#7f7f7f", linestyle="--", linewidth=0.9,
