@@ -104,3 +104,16 @@ def test_a_load_average_above_the_usable_cores_gives_a_one_line_hint(monkeypatch
 def test_on_this_machine_the_count_is_sane():
     n = cores.usable_cores()
     assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_importing_labelwise_makes_openmp_threads_wait_passively_unless_the_user_chose():
+    import subprocess
+    import sys
+
+    code = "import os, labelwise; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "ACTIVE"

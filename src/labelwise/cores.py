@@ -136,3 +136,15 @@ def load_hint(cores: int, load: float | None = None) -> str | None:
         return None
     return (f"load average {load:.1f} on {cores} usable core{'s' if cores != 1 else ''}: other processes share the "
             "CPU; `--threads 1` keeps each fair")
+
+
+def prefer_passive_waiting(environ: dict[str, str] | None = None) -> None:
+    """Let OpenMP threads sleep, not spin, while they wait for work: `OMP_WAIT_POLICY=PASSIVE` unless it is set.
+
+    torch's OpenMP threads spin for a while at the end of every parallel region by default. Alone on a machine that
+    costs nothing; beside any other busy process they burn the cores the others need. Measured with
+    `benchmarks/bench_threads.py` (2 cores, 2026-11-27): with another job on the machine, one simulation took 224 s
+    spinning and 25 s passive, and two side by side 341 s against 45 s. The runtime reads the variable when it
+    loads, so this must run before torch is imported: `import labelwise` does it.
+    """
+    (os.environ if environ is None else environ).setdefault("OMP_WAIT_POLICY", "PASSIVE")

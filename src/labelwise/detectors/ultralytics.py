@@ -46,6 +46,9 @@ def prepare_environment(config_dir: Path) -> None:
     global _PREPARED
     config_dir = Path(config_dir).absolute()
     config_dir.mkdir(parents=True, exist_ok=True)
+    from labelwise.cores import prefer_passive_waiting
+
+    prefer_passive_waiting()  # importing labelwise did it already, unless torch came first
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
     os.environ.setdefault("YOLO_VERBOSE", "False")
