@@ -159,3 +159,25 @@ def test_large_pools_approximate_on_cpu_by_default(monkeypatch):
     k_center_greedy(x[:1999], 10)
     k_center_greedy(x, 10, approximate=False)
     assert seen == [1]
+
+
+@pytest.mark.parametrize("with_labeled", [True, False])
+def test_capped_distance_binds_the_initial_covering_radius_on_numpy_and_torch(with_labeled):
+    from labelwise.diversity import CappedDistance
+
+    rng, x, _ = _case(11, n=900)
+    lab = l2_normalise(rng.normal(size=(30, x.shape[1]))) if with_labeled else None
+    base = 0.7 * rng.random(x.shape[0])
+    first = None if with_labeled else int(np.argmax(base))
+    x64 = x.astype(np.float64)
+    if with_labeled:
+        want = np.sqrt(((x64[:, None] - lab.astype(np.float64)[None]) ** 2).sum(2).min(1).max())
+    else:
+        want = np.sqrt(((x64 - x64[first]) ** 2).sum(1).max())
+    got = {}
+    for name, run in (("numpy", _farthest_first), ("torch", lambda *a, **kw: farthest_first_torch(*a, device="cpu", **kw))):
+        t = CappedDistance()
+        got[name] = run(x, 200, labeled=lab, base=base, gain=np.full(x.shape[0], 0.3), transform=t, first=first)
+        assert t.d0 == pytest.approx(want, rel=1e-5)
+        assert t(np.array([np.inf, 0.0, t.d0 ** 2 / 4])).tolist() == pytest.approx([1.0, 0.0, 0.5])
+    _same(got["torch"], got["numpy"])

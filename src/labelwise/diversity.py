@@ -29,6 +29,8 @@ from labelwise.scaling import minmax
 
 #: Rows per chunk of a pool-by-centres similarity product: bounds temporary memory to chunk x block floats.
 _CHUNK = 16384
+#: ... and values per temporary of `_nearest` (16 MB of float32), whatever the number of centres.
+_CHUNK_VALUES = 1 << 22
 
 #: Pools of at least this many rows run k-center greedy on the GPU when torch sees one. Below it the NumPy greedy
 #: takes well under a second (20,000 x 1,000 picks x 448-d: about 0.2 s on one core), less than starting CUDA in a
@@ -58,11 +60,95 @@ APPROX_FIT_ROWS = 20_000
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm, as float32: ``x / ||x||``. A zero row stays zero (it has no direction)."""
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    out = np.zeros(x.shape, dtype=np.float32)
+    for start in range(0, x.shape[0], _CHUNK):  # chunked: no full-size temporary beside the result
+        c = x[start:start + _CHUNK].astype(np.float32, copy=False)
+        norms = np.linalg.norm(c, axis=1, keepdims=True)
+        np.divide(c, norms, out=out[start:start + _CHUNK], where=norms > 0)
+    return out
+
+
+#: From this many values (rows x dimensions) on, `unit_rows` hands out a lazy `UnitRows` instead of a float32 copy:
+#: 2**26 values are 256 MB of float32 (150,000 x 448); 1,000,000 x 448 would be 1.8 GB, twice the float16 embeddings
+#: the vector store keeps, and over the memory a selection from a million may take (issue 10: 2 GB in all).
+LAZY_MIN_VALUES = 1 << 26
+
+
+class UnitRows:
+    """The rows of an (n, d) array (float16 or float32), centred and L2-normalised when read: ``(x - centre) /
+    ||x - centre||`` as float32, a chunk or a gather at a time, never the whole. Equal bit for bit to
+    ``l2_normalise(x - centre)`` (the same float32 arithmetic row by row); each row's norm is computed once.
+
+    Supports what the greedy and the selection use: ``shape``, ``len``, ``u[i]`` (a row), ``u[a:b]`` and
+    ``u[rows]`` (float32 arrays). ``np.asarray(u)`` materialises the whole (what this class exists to avoid)."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, raw: np.ndarray, centre: np.ndarray | None = None):
+        if raw.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {raw.shape}")
+        self.raw = raw
+        self.centre = None if centre is None else np.asarray(centre, dtype=np.float32).reshape(-1)
+        self.shape = raw.shape
+        self.norms = np.empty(raw.shape[0], dtype=np.float32)
+        for start in range(0, raw.shape[0], _CHUNK):
+            self.norms[start:start + _CHUNK] = np.linalg.norm(self._centred(raw[start:start + _CHUNK]), axis=1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _centred(self, rows: np.ndarray) -> np.ndarray:
+        c = rows.astype(np.float32)  # a copy, also of float32 rows
+        if self.centre is not None:
+            c -= self.centre
+        return c
+
+    def _unit(self, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        c = self._centred(rows)
+        n = norms[:, None]
+        return np.divide(c, n, out=np.zeros_like(c), where=n > 0)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx)
+            return self._unit(self.raw[i:i + 1], self.norms[i:i + 1])[0]
+        if isinstance(idx, slice):
+            return self._unit(self.raw[idx], self.norms[idx])
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return self._unit(self.raw[idx], self.norms[idx])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, dtype=np.float32)
+        for start in range(0, self.shape[0], _CHUNK):
+            out[start:start + _CHUNK] = self[start:start + _CHUNK]
+        return out if dtype is None else out.astype(dtype)
+
+
+def unit_rows(x: np.ndarray, centre: np.ndarray | None = None) -> "np.ndarray | UnitRows":
+    """``l2_normalise(x - centre)``: a float32 array, or from `LAZY_MIN_VALUES` values on a `UnitRows` (the same
+    values, computed when read)."""
+    if x.shape[0] * x.shape[1] >= LAZY_MIN_VALUES:
+        return UnitRows(x, centre)
+    if centre is None:
+        return l2_normalise(x)
+    return l2_normalise(np.asarray(x, dtype=np.float32) - np.asarray(centre, dtype=np.float32))
+
+
+def row_sq(x) -> np.ndarray:
+    """(n,) float32 squared norms of the rows of an array or a `UnitRows`, chunked."""
+    if isinstance(x, np.ndarray):
+        return np.einsum("ij,ij->i", x, x).astype(np.float32)
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for start in range(0, x.shape[0], _CHUNK):
+        c = x[start:start + _CHUNK]
+        out[start:start + c.shape[0]] = np.einsum("ij,ij->i", c, c)
+    return out
 
 
 def _nearest(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, c_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,9 +158,17 @@ def _nearest(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, c_sq: np.ndar
     arg = np.full(n, -1, dtype=np.int64)
     if centres.shape[0] == 0 or n == 0:
         return best, arg
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
-        d2 = x_sq[start:stop, None] + c_sq[None, :] - 2.0 * (x[start:stop] @ centres.T)
+    # Rows per chunk: at most _CHUNK, and at most _CHUNK_VALUES / centres values in each of the two temporaries
+    # (2,000 labeled centres at 16,384 rows would be 131 MB apiece).
+    step = max(1, min(_CHUNK, _CHUNK_VALUES // centres.shape[0]))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        # (|x|^2 + |c|^2) - 2 x.c, the same float32 arithmetic as the one-line expression, in two temporaries
+        prod = x[start:stop] @ centres.T
+        np.multiply(prod, 2.0, out=prod)
+        d2 = np.add(x_sq[start:stop, None], c_sq[None, :])
+        np.subtract(d2, prod, out=d2)
+        del prod
         j = np.argmin(d2, axis=1)
         best[start:stop] = np.maximum(d2[np.arange(stop - start), j], 0.0)
         arg[start:stop] = j
@@ -96,7 +190,39 @@ class GreedyResult:
     skipped: list[tuple[int, int, float]]
 
 
+class CappedDistance:
+    """The diversity term of ranked batch-mode selection (Cardoso et al. 2017), a `transform` of the greedy:
+    ``min(D / D0, 1)`` from ``D^2``, where D0 is the covering radius once the greedy's initial centres are in place
+    (the labeled rows, or the first pick when there are none): ``D0 = max_x D(x)`` over the candidates then.
+
+    The greedy binds D0 (`bind`) from the distances it computes anyway, so no separate pass over the pool is needed;
+    the first binding holds for every later run with the same object. Before it, +inf maps to 1 (the first pick of
+    a greedy without centres). Works on NumPy arrays and torch tensors.
+    """
+
+    def __init__(self) -> None:
+        self.d0: float | None = None
+
+    def bind(self, radius: float) -> None:
+        if self.d0 is None:
+            self.d0 = float(radius) if radius > 0 else 1.0
+
+    def __call__(self, d2):
+        return (d2 ** 0.5 / (1.0 if self.d0 is None else self.d0)).clip(max=1.0)
+
+
+#: Files that exist where a GPU driver torch can use is loaded (NVIDIA; ROCm's /dev/kfd for AMD).
+_GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
 def _cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (about 400 MB and a second) on a machine that has no GPU
+    driver at all."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not any(os.path.exists(f) for f in _GPU_DRIVER_FILES):
+        return False
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -139,26 +265,34 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
                    first: int | None = None, dup_distance: float | None = None,
                    tie_key: np.ndarray | None = None, block: int = 256, shortlist: int = 4096,
                    sq_norms: np.ndarray | None = None, labeled_sq_norms: np.ndarray | None = None,
-                   refine: "_ExactRefiner | None" = None) -> GreedyResult:
+                   refine: "_ExactRefiner | None" = None, candidates: np.ndarray | None = None) -> GreedyResult:
     """Generic exact greedy: repeatedly take ``argmax_x base[x] + gain[x] * transform(D(x)^2)`` where D(x) is the
     distance from x to its nearest centre (the `labeled` rows, then every earlier pick), updated after every pick.
 
     `x` and `labeled` must already be L2-normalised. With base = 0, gain = 1, transform = sqrt this is k-center
     greedy (Sener & Savarese 2018); with base = alpha * uncertainty it is ranked batch-mode selection (Cardoso et al.
     2017). `transform` must be non-decreasing and map +inf (no centre yet) to a finite value unless `first` is given.
+    A transform with a `bind` method (`CappedDistance`) is bound to the covering radius once the initial centres
+    are in place (the labeled rows, then `first`), before the first score that needs it.
     `first` forces the first pick. Points within `dup_distance` of a centre are never picked (near-duplicate
     suppression); they are reported in `skipped` when they come up. Ties go to the smallest `tie_key` (default: index).
+    `candidates` (row indices; default all) restricts picks and distances to those rows, as if `x` held only them,
+    without copying `x` (which may be a `UnitRows`); indices stay those of `x`.
 
     For `approximate_farthest_first` only: `sq_norms` / `labeled_sq_norms` replace the squared norms of the rows of
     `x` / `labeled` in ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``, and `refine` replaces the distance of every candidate
     about to be judged by its exact one (`_ExactRefiner`).
     """
     n = x.shape[0]
-    k = min(int(k), n)
+    alive = np.ones(n, dtype=bool)
+    if candidates is not None:
+        alive[:] = False
+        alive[np.asarray(candidates, dtype=np.int64)] = True
+    k = min(int(k), int(alive.sum()))
     base = np.zeros(n, dtype=np.float64) if base is None else np.asarray(base, dtype=np.float64)
     gain = np.ones(n, dtype=np.float64) if gain is None else np.asarray(gain, dtype=np.float64)
     tie_key = np.arange(n) if tie_key is None else np.asarray(tie_key)
-    x_sq = (np.einsum("ij,ij->i", x, x) if sq_norms is None else np.asarray(sq_norms)).astype(np.float32)
+    x_sq = (row_sq(x) if sq_norms is None else np.asarray(sq_norms)).astype(np.float32)
     if labeled is not None and labeled.shape[0]:
         lab = np.asarray(labeled, dtype=np.float32)
         lab_sq = np.einsum("ij,ij->i", lab, lab) if labeled_sq_norms is None else np.asarray(labeled_sq_norms)
@@ -168,7 +302,6 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
         d2 = np.full(n, np.inf, dtype=np.float32)
         near = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     dup_d2 = None if dup_distance is None else float(dup_distance) ** 2
-    alive = np.ones(n, dtype=bool)
     picks: list[int] = []
     values: list[float] = []
     dists: list[float] = []
@@ -242,10 +375,16 @@ def _farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
     if first is not None and k > 0:
         take(int(first), float(score(np.array([first]))[0]))
 
+    bind = getattr(transform, "bind", None)
     while len(picks) < k and alive.any():
         # Shortlist of the highest upper bounds; points outside it keep a bound no larger than `outside`.
         flush()
         rows = np.flatnonzero(alive)
+        if bind is not None:  # the covering radius of the initial centres
+            if refine is not None:  # the largest estimates, made exact
+                evaluate(rows[np.argpartition(-d2[rows], min(rows.size, 64) - 1)[:64]])
+            bind(float(np.sqrt(d2[rows].max())))
+            bind = None
         ub = score(rows)
         if not np.all(np.isfinite(ub)):
             raise ValueError("scores must be finite: give `labeled` or `first` when transform(inf) is infinite")
@@ -327,7 +466,7 @@ class _ExactRefiner:
             lo = int(self.upto[group].min())
             if lo < self.m:
                 xr = self.x[group]
-                d2, j = _nearest(xr, np.einsum("ij,ij->i", xr, xr), self.cen[lo:self.m], self.cen_sq[lo:self.m])
+                d2, j = _nearest(xr, row_sq(xr), self.cen[lo:self.m], self.cen_sq[lo:self.m])
                 closer = d2 < self.d2[group]
                 self.d2[group[closer]] = d2[closer]
                 self.near[group[closer]] = self.code[lo + j[closer]]
@@ -343,7 +482,7 @@ def principal_projection(x: np.ndarray, energy: float = APPROX_ENERGY,
     more than `max_rank` axes (default ``APPROX_MAX_RANK_FRACTION * d``)."""
     d = x.shape[1]
     max_rank = int(APPROX_MAX_RANK_FRACTION * d) if max_rank is None else max_rank
-    sub = np.asarray(x if fit_rows is None else x[fit_rows], dtype=np.float64)
+    sub = np.asarray(x[np.arange(x.shape[0]) if fit_rows is None else fit_rows], dtype=np.float64)
     if sub.shape[0] < 2 or max_rank < 1:
         return None
     mean = sub.mean(axis=0)
@@ -373,7 +512,7 @@ def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> tuple[np.ndar
 
 def approximate_farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | None = None,
                                tie_key: np.ndarray | None = None, energy: float = APPROX_ENERGY,
-                               **kwargs) -> GreedyResult:
+                               candidates: np.ndarray | None = None, **kwargs) -> GreedyResult:
     """Project-then-refine approximation of `_farthest_first` (same arguments and result) for large pools.
 
     The pool-wide distance updates, which cost n * k * d, run on the centred embeddings projected on their leading
@@ -390,10 +529,11 @@ def approximate_farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | N
     """
     n = x.shape[0]
     key = np.arange(n) if tie_key is None else np.asarray(tie_key)
-    fit = np.sort(np.argsort(key, kind="stable")[:APPROX_FIT_ROWS]) if n > APPROX_FIT_ROWS else None
+    pool = np.arange(n) if candidates is None else np.sort(np.asarray(candidates, dtype=np.int64))
+    fit = np.sort(pool[np.argsort(key[pool], kind="stable")[:APPROX_FIT_ROWS]])
     proj = principal_projection(x, energy, fit_rows=fit)
     if proj is None:
-        return _farthest_first(x, k, labeled=labeled, tie_key=tie_key, **kwargs)
+        return _farthest_first(x, k, labeled=labeled, tie_key=tie_key, candidates=candidates, **kwargs)
     mean, axes = proj
     xp, sq = _project(x, mean, axes)
     lab = None
@@ -401,19 +541,36 @@ def approximate_farthest_first(x: np.ndarray, k: int, *, labeled: np.ndarray | N
     if labeled is not None and labeled.shape[0]:
         lab = np.asarray(labeled, dtype=np.float32)
         lab_p, lab_sq = _project(lab, mean, axes)
-    refiner = _ExactRefiner(np.asarray(x, dtype=np.float32), lab, capacity=min(int(k), n))
+    refiner = _ExactRefiner(x, lab, capacity=min(int(k), n))
     return _farthest_first(xp, k, labeled=lab_p, tie_key=tie_key, sq_norms=sq, labeled_sq_norms=lab_sq,
-                           refine=refiner, **kwargs)
+                           refine=refiner, candidates=candidates, **kwargs)
 
 
-def central_point(x: np.ndarray) -> int:
-    """Index of the point nearest to the normalised mean direction of `x` (ties: lowest index).
+def central_point(x: np.ndarray, rows: np.ndarray | None = None) -> int:
+    """Index of the point nearest to the normalised mean direction of `x` (ties: lowest index); with `rows`, of
+    those rows only (an index of `x`). `x` may be a `UnitRows` (chunked, float64 mean).
 
     The deterministic start of k-center greedy without a labeled set: it does not depend on row order (unlike
     "row 0") and is a typical image rather than an outlier.
     """
-    mean = x.mean(axis=0)
-    return int(np.argmax(x @ mean)) if x.shape[0] else -1
+    if rows is None and isinstance(x, np.ndarray):
+        mean = x.mean(axis=0)
+        return int(np.argmax(x @ mean)) if x.shape[0] else -1
+    rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return -1
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, rows.size, _CHUNK):
+        total += x[rows[start:start + _CHUNK]].sum(axis=0, dtype=np.float64)
+    mean = (total / rows.size).astype(np.float32)
+    best, best_row = -np.inf, -1
+    for start in range(0, rows.size, _CHUNK):
+        part = rows[start:start + _CHUNK]
+        s = x[part] @ mean
+        j = int(np.argmax(s))
+        if s[j] > best:
+            best, best_row = float(s[j]), int(part[j])
+    return best_row
 
 
 def k_center_greedy(embeddings: np.ndarray, k: int, labeled: np.ndarray | None = None, *,

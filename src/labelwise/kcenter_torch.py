@@ -52,19 +52,27 @@ def farthest_first_torch(x: np.ndarray, k: int, *, device: str = "cuda", labeled
                          base: np.ndarray | None = None, gain: np.ndarray | None = None,
                          transform: Callable = np.sqrt, first: int | None = None,
                          dup_distance: float | None = None, tie_key: np.ndarray | None = None,
-                         **_ignored) -> GreedyResult:
+                         candidates: np.ndarray | None = None, **_ignored) -> GreedyResult:
     """`diversity._farthest_first` in torch on `device` (same arguments and result; `block` and `shortlist`, the
     NumPy implementation's tuning, are ignored). `transform` is np.sqrt or a function of a torch tensor (written with
     operators and tensor methods, e.g. ``(d2 ** 0.5 / d0).clip(max=1.0)``, which works on both)."""
+    from labelwise.diversity import _CHUNK, row_sq
+
     n = x.shape[0]
-    k = min(int(k), n)
+    alive_np = np.ones(n, dtype=bool)
+    if candidates is not None:
+        alive_np[:] = False
+        alive_np[np.asarray(candidates, dtype=np.int64)] = True
+    k = min(int(k), int(alive_np.sum()))
     dev = torch.device(device)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x_sq_np = np.einsum("ij,ij->i", x, x).astype(np.float32)
+    x_sq_np = row_sq(x)
     fn = torch.sqrt if transform is np.sqrt else transform
     rank_np = _tie_rank(np.arange(n) if tie_key is None else np.asarray(tie_key))
     with _ieee_matmul(), torch.no_grad():
-        X = torch.from_numpy(x).to(dev)
+        X = torch.empty((n, x.shape[1]), dtype=torch.float32, device=dev)
+        for start in range(0, n, _CHUNK):  # chunk by chunk: `x` may be a diversity.UnitRows
+            X[start:start + _CHUNK] = torch.from_numpy(np.ascontiguousarray(x[start:start + _CHUNK],
+                                                                            dtype=np.float32)).to(dev)
         x_sq = torch.from_numpy(x_sq_np).to(dev)
         base_t = torch.zeros(n, dtype=torch.float64, device=dev) if base is None else \
             torch.from_numpy(np.asarray(base, dtype=np.float64)).to(dev)
@@ -89,8 +97,8 @@ def farthest_first_torch(x: np.ndarray, k: int, *, device: str = "cuda", labeled
         else:
             d2 = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
             near = torch.full((n,), np.iinfo(np.int64).min, dtype=torch.int64, device=dev)
-        alive = torch.ones(n, dtype=torch.bool, device=dev)
-        n_alive = n
+        alive = torch.from_numpy(alive_np).to(dev)
+        n_alive = int(alive_np.sum())
         dup_d2 = None if dup_distance is None else float(dup_distance) ** 2
         picks: list[int] = []
         values: list[float] = []
@@ -119,7 +127,11 @@ def farthest_first_torch(x: np.ndarray, k: int, *, device: str = "cuda", labeled
             s = base_t[first] + gain_t[first] * fn(d2[first:first + 1].double())[0]
             take(int(first), float(s.item()), float(d2[first].item()))
 
+        bind = getattr(transform, "bind", None)
         while len(picks) < k and n_alive > 0:
+            if bind is not None:  # the covering radius of the initial centres (see diversity.CappedDistance)
+                bind(float(np.sqrt(np.float32(torch.where(alive, d2, 0.0).max().item()))))
+                bind = None
             s = base_t + gain_t * fn(d2.double())
             bad = (~torch.isfinite(s) & alive).any()
             s = torch.where(alive, s, neg_inf)

@@ -27,14 +27,14 @@ from labelwise.committee import committee_disagreement
 from labelwise.consistency import consistency_scores
 from labelwise.detections import ScoredPool
 from labelwise.diversity import (
-    _nearest,
+    CappedDistance,
     central_point,
     centroid_diversity,
     cosine_to_distance,
     farthest_first,
-    l2_normalise,
+    unit_rows,
 )
-from labelwise.neardup import DEFAULT_MAX_HAMMING, nearest_hash_duplicate
+from labelwise.neardup import DEFAULT_MAX_HAMMING, HashIndex
 from labelwise.scaling import minmax
 from labelwise.uncertainty import (
     AGGREGATIONS,
@@ -236,8 +236,10 @@ class _Batch:
         self.hashes = hashes if max_hamming is not None and hashes is not None else None
         self.max_hamming = max_hamming
         self._hash_done: set[int] = set()
+        # Indexed (multi-index hashing): each pick's neighbours are found without a pass over the whole pool.
+        self._hash_index = HashIndex(self.hashes, max_hamming) if self.hashes is not None else None
         if self.hashes is not None and lab_hashes is not None and len(lab_hashes):
-            of, dist = nearest_hash_duplicate(self.hashes, np.asarray(lab_hashes, dtype=np.uint64), max_hamming)
+            of, dist = self._hash_index.nearest(np.asarray(lab_hashes, dtype=np.uint64))
             for r in np.flatnonzero(of >= 0):
                 self.skip(int(r), f"labeled hash #{int(of[r])}", float(dist[r]))
 
@@ -254,11 +256,10 @@ class _Batch:
         if self.hashes is None or row in self._hash_done:
             return
         self._hash_done.add(row)
-        of, dist = nearest_hash_duplicate(self.hashes, self.hashes[row:row + 1], self.max_hamming)
-        near = np.flatnonzero((of >= 0) & ~self.excluded)
-        near = near[near != row]  # the representative itself stays a candidate (the cold start keeps it)
-        for r in near:
-            self.skip(int(r), f"hash of pool row {row}", float(dist[r]))
+        near, dist = self._hash_index.within(self.hashes[row])
+        keep = ~self.excluded[near] & (near != row)  # the representative stays a candidate (the cold start keeps it)
+        for r, d in zip(near[keep], dist[keep]):
+            self.skip(int(r), f"hash of pool row {row}", float(d))
 
     def skip(self, row: int, of: str, similarity: float) -> None:
         """Records a near-duplicate: `similarity` is the cosine, or the Hamming distance when `of` says "hash"."""
@@ -358,8 +359,12 @@ class _Batch:
         rows = np.sort(rows[~self.excluded[rows]])  # sorted: then all rows means x itself, no copy
         if rows.size == 0 or need <= 0:
             return [], False
-        full = rows.size == self.x.shape[0]
-        xs = self.x if full else self.x[rows]
+        n = self.x.shape[0]
+        # Most of the pool: the greedy runs on x itself with the rest masked out (`candidates`), no copy of x (which
+        # may be a lazy diversity.UnitRows of a million rows); a small part is gathered.
+        masked = rows.size * 2 > n
+        xs, at = (self.x, np.arange(n)) if masked else (self.x[rows], rows)
+        candidates = None if (not masked or rows.size == n) else rows
         cen = self.centres()
         if pending:
             cen = np.concatenate([cen, self.x[np.asarray(pending)]])
@@ -367,23 +372,25 @@ class _Batch:
         first = None
         if cen.shape[0] == 0:
             if first_key is None:
-                first = central_point(xs)
+                first = central_point(xs) if candidates is None else central_point(xs, candidates)
             else:
                 key = first_key[rows]
                 tied = np.flatnonzero(key == key.max())
-                first = int(tied[np.argmin(self.tie_key[rows][tied])])
+                best = int(tied[np.argmin(self.tie_key[rows][tied])])
+                first = int(rows[best]) if masked else best
         dup = None if self.threshold is None else cosine_to_distance(self.threshold)
-        res = farthest_first(xs, need, labeled=cen if cen.shape[0] else None, base=base[rows], gain=gain[rows],
-                             transform=transform, first=first, dup_distance=dup, tie_key=self.tie_key[rows])
+        res = farthest_first(xs, need, labeled=cen if cen.shape[0] else None, base=base[at], gain=gain[at],
+                             transform=transform, first=first, dup_distance=dup, tie_key=self.tie_key[at],
+                             **({} if candidates is None else {"candidates": candidates}))
         for local, centre, dist in res.skipped:
             if centre >= 0:
-                of = f"pool row {int(rows[centre])}"
+                of = f"pool row {int(at[centre])}"
             else:
                 of = self.centre_name(-1 - centre, before)
-            self.skip(int(rows[local]), of, 1.0 - dist * dist / 2.0)
+            self.skip(int(at[local]), of, 1.0 - dist * dist / 2.0)
         picks, dropped = [], False
         for p, v, d in zip(res.picks, res.values, res.distances):
-            row = int(rows[p])
+            row = int(at[p])
             if self.excluded[row]:  # a hash near-duplicate of an earlier pick of this same greedy run
                 dropped = True
                 continue
@@ -394,7 +401,8 @@ class _Batch:
 
 
 def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledContext | None = None,
-           members: list[ScoredPool] | None = None, flipped: ScoredPool | None = None) -> Selection:
+           members: list[ScoredPool] | None = None, flipped: ScoredPool | None = None, *,
+           centre: np.ndarray | None = None) -> Selection:
     """Picks min(k, selectable) distinct pool rows with `config.name` (one of STRATEGIES).
 
     Strategies (u = per-image uncertainty, w = rare-class weight, 1 when off):
@@ -412,6 +420,10 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
     - committee: rank by ``w * disagreement`` (committee.committee_disagreement over `members`).
     - consistency: rank by ``w * inconsistency`` (consistency.consistency_scores of `pool` vs `flipped`).
     Raises ValueError when `members` / `flipped` are needed and missing, or k < 0.
+
+    Embeddings: `centre` (default none) is subtracted from the pool's and the labeled embeddings before they are
+    L2-normalised. The pool's may be float16 (as the vector store keeps them); from diversity.LAZY_MIN_VALUES
+    values on they are normalised when read (diversity.UnitRows), so no float32 copy of a large pool is made.
     """
     if not isinstance(config, StrategyConfig):
         raise TypeError("config must be a StrategyConfig (use StrategyConfig.from_dict for a mapping)")
@@ -429,9 +441,9 @@ def select(pool: ScoredPool, k: int, config: StrategyConfig, labeled: LabeledCon
     if name == "consistency" and flipped is None:
         raise ValueError("strategy 'consistency' needs `flipped`: the pool scored on horizontally flipped images")
 
-    x = l2_normalise(pool.embeddings)
-    lab_raw = np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1])
-    lab = l2_normalise(lab_raw)
+    x = unit_rows(pool.embeddings, centre)
+    lab = unit_rows(np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1]), centre)
+    lab = np.asarray(lab)  # the labeled set is small
     ids = np.asarray(pool.image_ids)
     pure = name == "random"  # the baseline: no filter of any kind
     batch = _Batch(x, lab, tie_order(ids, config.seed), None if pure else config.dedup_threshold,
@@ -584,29 +596,15 @@ def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: Str
     rows = np.flatnonzero(~batch.excluded)
     if rows.size == 0:
         return
-    cen = batch.centres()
-    x = batch.x
-    first_key = None
-    if cen.shape[0]:
-        d2, _ = _nearest(x[rows], np.einsum("ij,ij->i", x[rows], x[rows]), cen, np.einsum("ij,ij->i", cen, cen))
-        d0 = float(np.sqrt(d2.max()))
-    else:
-        # Nothing to be far from yet: every image is maximally novel (d = 1) and the first pick is the top of
-        # w * (alpha * u' + beta); D0 is then the largest distance from it.
-        first_key = weight * (config.alpha * u_scaled + config.beta)
-        key = first_key[rows]
-        tied = rows[key == key.max()]
-        first = int(tied[np.argmin(batch.tie_key[tied])])
-        d0 = float(np.sqrt(np.max(np.maximum(
-            np.einsum("ij,ij->i", x[rows], x[rows]) + x[first] @ x[first] - 2.0 * (x[rows] @ x[first]), 0.0))))
-    d0 = d0 if d0 > 0 else 1.0
-
-    def transform(d2):  # NumPy array or torch tensor (the greedy may run on a GPU)
-        return (d2 ** 0.5 / d0).clip(max=1.0)
-
+    # Nothing to be far from yet: every image is maximally novel (d = 1) and the first pick is the top of
+    # w * (alpha * u' + beta). D0, the largest distance from a candidate to the labeled set (or to that first pick),
+    # comes from the greedy's own initial distances (diversity.CappedDistance): one pass over the pool, not two.
+    first_key = None if batch.centres().shape[0] else weight * (config.alpha * u_scaled + config.beta)
+    transform = CappedDistance()
     base = config.alpha * weight * u_scaled
     gain = config.beta * weight
     picks = batch.greedy(np.arange(n), need, base, gain, transform, first_key)
+    d0 = transform.d0 if transform.d0 is not None else 1.0
     for r, value, dist in picks:
         d = 1.0 if not np.isfinite(dist) else min(dist / d0, 1.0)
         c = base_components(r)
@@ -619,7 +617,7 @@ def _hybrid_nearest(batch: _Batch, need: int, unc, u_scaled, weight, config: Str
 
 
 def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
-                      labeled: LabeledContext | None = None) -> Selection:
+                      labeled: LabeledContext | None = None, *, centre: np.ndarray | None = None) -> Selection:
     """The first batch, before any round model exists, from a pretrained checkpoint's image embeddings.
 
     `config.cold_start`:
@@ -629,7 +627,7 @@ def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
     - "kcenter": k-center greedy (Sener & Savarese 2018) from the image nearest the mean, skipping near-duplicates.
     - "random": uniform without replacement, no filter (the baseline).
     The detections of a checkpoint trained for other classes say nothing about these classes, so only the
-    embeddings are used.
+    embeddings are used. `centre`: as in `select`.
     """
     from labelwise.diversity import typical_clusters
 
@@ -644,8 +642,8 @@ def cold_start_select(pool: ScoredPool, k: int, config: StrategyConfig,
                          ["cold start: picked at random"] * k, [])
     if labeled is None:
         labeled = LabeledContext(np.zeros((0, pool.embeddings.shape[1]), np.float32), np.zeros(pool.n_classes))
-    x = l2_normalise(pool.embeddings)
-    lab = l2_normalise(np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1]))
+    x = unit_rows(pool.embeddings, centre)
+    lab = np.asarray(unit_rows(np.asarray(labeled.embeddings, dtype=np.float32).reshape(-1, x.shape[1]), centre))
     ids = np.asarray(pool.image_ids)
     batch = _Batch(x, lab, tie_order(ids, config.seed), config.dedup_threshold, hashes=pool.hashes,
                    lab_hashes=labeled.hashes, max_hamming=config.dedup_hamming)

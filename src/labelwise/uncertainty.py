@@ -295,6 +295,19 @@ def aggregate_csr(box_scores: np.ndarray, box_offsets: np.ndarray, method: str =
     return out
 
 
+#: Boxes scored at a time by `image_uncertainty` and `evidence_share`: the per-box measures make several float64
+#: copies of the score rows, which for 5,000,000 boxes x 7 classes would be 280 MB each (issue 10).
+_BOX_CHUNK = 262_144
+
+
+def _counted_chunked(scores: np.ndarray, box_threshold: float) -> np.ndarray:
+    """`counted_boxes`, a chunk of rows at a time."""
+    keep = np.empty(scores.shape[0], dtype=bool)
+    for start in range(0, scores.shape[0], _BOX_CHUNK):
+        keep[start:start + _BOX_CHUNK] = counted_boxes(scores[start:start + _BOX_CHUNK], box_threshold)
+    return keep
+
+
 def image_uncertainty(pool, measure: str = "detection_and_confusion", aggregation: str = "sum", top_n: int = 3,
                       empty_policy: str = "near_miss", empty_value: float = 1.0,
                       box_threshold: float = DEFAULT_BOX_THRESHOLD) -> np.ndarray:
@@ -312,13 +325,16 @@ def image_uncertainty(pool, measure: str = "detection_and_confusion", aggregatio
         box_threshold, aggregation = ARTICLE_CONF, "max"
     offsets = np.asarray(pool.box_offsets, dtype=np.int64)
     scores = np.asarray(pool.class_scores)
-    keep = counted_boxes(scores, box_threshold)
+    keep = _counted_chunked(scores, box_threshold)
     owner = pool.box_image_index
     best = np.asarray(pool.max_candidate_score, dtype=np.float64).reshape(-1).copy()
     if scores.shape[0]:
         np.maximum.at(best, owner, scores.max(axis=1))
     kept_offsets = csr_offsets(np.bincount(owner[keep], minlength=len(offsets) - 1))
-    per_box = box_uncertainty(scores[keep], measure) if keep.any() else np.zeros(0)
+    kept = np.flatnonzero(keep)
+    per_box = np.empty(kept.size, dtype=np.float64)
+    for start in range(0, kept.size, _BOX_CHUNK):  # per-box measures are row by row: chunks change nothing
+        per_box[start:start + _BOX_CHUNK] = box_uncertainty(scores[kept[start:start + _BOX_CHUNK]], measure)
     empty = empty_image_scores(best, measure, empty_policy, empty_value, box_threshold)
     return aggregate_csr(per_box, kept_offsets, aggregation, top_n, empty)
 
@@ -335,4 +351,4 @@ def evidence_share(pool, box_threshold: float = DEFAULT_BOX_THRESHOLD) -> float:
     scores = np.asarray(pool.class_scores)
     if scores.shape[0] == 0:
         return 0.0
-    return float(np.unique(pool.box_image_index[counted_boxes(scores, box_threshold)]).size / n)
+    return float(np.unique(pool.box_image_index[_counted_chunked(scores, box_threshold)]).size / n)
