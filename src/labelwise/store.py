@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from labelwise.detections import ImageDetections, ScoredPool
 from labelwise.vectors import COMPACT_ROWS, VECTORS_DIR, VectorStore, detections_table
@@ -42,6 +43,9 @@ ORPHAN_GRACE_S = 3600.0  # a shard file without a row is deleted on open once it
 #                          is never that old between its file and its row)
 COMPACT_FANOUT = 8  # shards of one size tier merged together (see Store._compact_tiers)
 _LEGACY_CHUNK = 20_000  # BLOB rows read at a time when migrating
+
+#: Rows of `images` read at a time by `scored_pool` (held as Python objects only that long).
+_FETCH_ROWS = 65_536
 
 # SQLite INTEGER is a signed 64-bit integer; the unsigned 64-bit perceptual hashes are stored as the signed integer
 # with the same bits (two's complement) and read back with `.view(np.uint64)`.
@@ -784,45 +788,57 @@ class Store:
         return self.detections_many([sha256], model_hash, imgsz, variant).get(sha256)
 
     def detections_many(self, shas: Iterable[str], model_hash: str, imgsz: int,
-                        variant: str = "") -> dict[str, ImageDetections]:
-        """The cached detections of `shas` (those that have them), in one pass over the key's shards."""
-        found = self.vectors.detections(shas, model_hash, imgsz, variant)
+                        variant: str = "", features: bool = True) -> dict[str, ImageDetections]:
+        """The cached detections of `shas` (those that have them), in one pass over the key's shards.
+        features=False: without the box features (see `VectorStore.detections`)."""
+        found = self.vectors.detections(shas, model_hash, imgsz, variant, features=features)
         return {sha: d for sha, d in found.items() if not isinstance(d, str)}
 
     def scored_pool(self, image_ids: np.ndarray, model_hash: str, imgsz: int, variant: str = "",
-                    n_classes: int | None = None) -> ScoredPool:
+                    n_classes: int | None = None, embedding_dtype: type = np.float32) -> ScoredPool:
         """The cached detections of `image_ids` packed for the core, in the order of `image_ids` (ids without
         detections are left out). The ids' hashes come from SQLite in one pass; the vectors from the shards,
         memory-mapped, only the columns selection needs (labelwise.vectors). `hashes` is None when any of the
-        images has no perceptual hashes yet (see `image_hashes`)."""
+        images has no perceptual hashes yet (see `image_hashes`). `embedding_dtype`: see
+        `VectorStore.scored_pool` (np.float16: as stored, half the memory)."""
         ids = np.asarray(image_ids, dtype=np.int64).ravel()
         wanted = {int(i) for i in ids} if len(ids) <= 20_000 else None
+        select = ("SELECT id, sha256, coalesce(phash, 0), coalesce(dhash, 0), phash IS NULL OR dhash IS NULL"
+                  " FROM images")
         if wanted is None:  # most of the pool: one scan beats many index probes
-            rows = self.conn.execute("SELECT id, sha256, phash, dhash FROM images").fetchall()
+            cursors = [self.conn.execute(select)]
         else:
-            rows, chunked = [], sorted(wanted)
-            for start in range(0, len(chunked), 900):  # SQLite's bound-parameter limit
-                chunk = chunked[start:start + 900]
-                rows.extend(self.conn.execute(
-                    f"SELECT id, sha256, phash, dhash FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        if rows:
-            row_ids, shas, phash, dhash = (list(col) for col in zip(*rows))
-        else:
-            row_ids, shas, phash, dhash = [], [], [], []
-        row_ids_np = np.asarray(row_ids, dtype=np.int64)
+            chunked = sorted(wanted)
+            cursors = [self.conn.execute(f"{select} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                       for chunk in (chunked[s:s + 900] for s in range(0, len(chunked), 900))]  # bound-parameter limit
+        # Read a block of rows at a time into NumPy and Arrow: a million rows as Python tuples would take some
+        # 400 MB, which the interpreter keeps after they are freed.
+        id_parts, sha_parts, hash_parts, null_parts = [], [], [], []
+        for cursor in cursors:
+            while block := cursor.fetchmany(_FETCH_ROWS):
+                id_parts.append(np.fromiter((r[0] for r in block), dtype=np.int64, count=len(block)))
+                sha_parts.append(pa.array([r[1] for r in block], pa.string()))
+                hash_parts.append(np.fromiter((v for r in block for v in (r[2], r[3])), dtype=np.int64,
+                                              count=2 * len(block)).reshape(-1, 2))
+                null_parts.append(np.fromiter((r[4] for r in block), dtype=bool, count=len(block)))
+                del block
+        row_ids_np = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        shas = pa.chunked_array(sha_parts, pa.string())
+        pair_np = np.concatenate(hash_parts) if hash_parts else np.zeros((0, 2), np.int64)
+        missing = np.concatenate(null_parts) if null_parts else np.zeros(0, bool)
         by_id = np.argsort(row_ids_np, kind="stable")
         sorted_ids = row_ids_np[by_id]
         at = np.searchsorted(sorted_ids, ids)
         found = at < len(sorted_ids)
         found[found] = sorted_ids[at[found]] == ids[found]
         rows_of_ids = by_id[at[found]]
-        pool = self.vectors.scored_pool(model_hash, imgsz, variant, [shas[k] for k in rows_of_ids],
-                                        ids[found], n_classes=n_classes)
+        pool = self.vectors.scored_pool(model_hash, imgsz, variant,
+                                        shas.take(pa.array(rows_of_ids)).combine_chunks(), ids[found],
+                                        n_classes=n_classes, embedding_dtype=embedding_dtype)
         if not len(pool):
             return dataclasses.replace(pool, hashes=_unsigned([]))
         rows_of_pool = by_id[np.searchsorted(sorted_ids, pool.image_ids)]
-        pairs = [(phash[k], dhash[k]) for k in rows_of_pool]
-        hashes = None if any(p is None or d is None for p, d in pairs) else _unsigned(pairs)
+        hashes = None if missing[rows_of_pool].any() else pair_np[rows_of_pool].view(np.uint64)
         return dataclasses.replace(pool, hashes=hashes)
 
     # -- selections ----------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def batch(ctx: WorkspaceContext, round_no: int | None = None) -> Batch:
         raise LoopError("no batch has been selected yet; run `labelwise select`")
     rows = ctx.store.selection(current.round)
     found = ctx.store.detections_many([r["sha256"] for r in rows], current.model_hash,
-                                      ctx.config.imgsz) if current.model_hash else {}
+                                      ctx.config.imgsz, features=False) if current.model_hash else {}
     items = []
     for r in rows:
         preds: tuple = ()

@@ -108,7 +108,10 @@ def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str
             model_hash, n_classes = sha256_file(start)[:16], None
             spec = {"name": "cold_start", "cold_start": strategy_config.cold_start, "model": str(start)}
             score_images(ctx, start, model_hash, states=("unlabeled", "labeled"), progress=True)
-        pool = ctx.store.scored_pool(unlabeled, model_hash, cfg.imgsz, n_classes=n_classes)
+        # float16, as stored: the core normalises a large pool when it reads it (diversity.UnitRows), so a million
+        # embeddings take 0.9 GB, not 1.8 GB of float32 plus a normalised copy
+        pool = ctx.store.scored_pool(unlabeled, model_hash, cfg.imgsz, n_classes=n_classes,
+                                     embedding_dtype=np.float16)
         # The labeled embeddings come with their image ids, in the same order (scored_pool sorts by id), so a
         # "duplicate of labeled #J" names the right image; a labeled image without an embedding is left out.
         labeled_pool = ctx.store.scored_pool(labeled_all, model_hash, cfg.imgsz, n_classes=n_classes)
@@ -122,11 +125,10 @@ def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str
         # GAP features after SiLU share one large positive component, so raw cosine similarity is near 1 for
         # every pair (worst with a young model) and near-duplicate suppression would reject the whole pool.
         # Centring on the mean of pool and labeled embeddings leaves only what tells images apart.
+        # The core subtracts it (`centre=`) as it normalises.
         n_all = len(pool) + len(labeled_ctx.embeddings)
         centre = ((pool.embeddings.sum(axis=0, dtype=np.float64) + labeled_ctx.embeddings.sum(axis=0))
                   / max(n_all, 1)).astype(np.float32)
-        np.subtract(pool.embeddings, centre, out=pool.embeddings)  # in place: this call owns the copy (140 MB at 80k)
-        labeled_ctx = dataclasses.replace(labeled_ctx, embeddings=labeled_ctx.embeddings - centre)
         if current.model_hash:
             extra: dict[str, Any] = {}
             extra_passes(ctx, round_no, spec)  # a strategy chosen after scoring may still need its passes
@@ -135,9 +137,9 @@ def select(ctx: WorkspaceContext, k: int | None = None, strategy: str | dict[str
             if strategy_config.name == "committee":
                 size = int(spec.get("committee_size", 3))
                 extra["members"] = [aligned(ctx, pool, current.model_hash, f"member{j}") for j in range(size)]
-            result = core_select(pool, k, strategy_config, labeled=labeled_ctx, **extra)
+            result = core_select(pool, k, strategy_config, labeled=labeled_ctx, centre=centre, **extra)
         else:
-            result = cold_start_select(pool, k, strategy_config, labeled=labeled_ctx)
+            result = cold_start_select(pool, k, strategy_config, labeled=labeled_ctx, centre=centre)
         picks = [(int(pool.image_ids[row]), rank, float(score), comp, why) for rank, (row, score, comp, why)
                  in enumerate(zip(result.rows, result.scores, result.components, result.reasons), start=1)]
         skipped = [(int(pool.image_ids[row]), describe_duplicate(of, pool, labeled_ids, hash_ids), float(sim))
