@@ -960,11 +960,6 @@ def label_json(boxes: Iterable[Box]) -> str:
     return json.dumps([[int(b[0]), *(round(float(v), 8) for v in b[1:5])] for b in boxes])
 
 
-def label_json(boxes: Iterable[Box]) -> str:
-    """A label as `labels.boxes` stores it: [[class, cx, cy, w, h], ...], coordinates rounded to 8 places."""
-    return json.dumps([[int(b[0]), *(round(float(v), 8) for v in b[1:5])] for b in boxes])
-
-
 def _signed(value: int | None) -> int | None:
     """An unsigned 64-bit integer as the signed one with the same bits (SQLite INTEGER is signed 64-bit)."""
     if value is None:
