@@ -12,6 +12,12 @@ Run on a CUDA machine (the project's CI has none):
    embeddings) against Ultralytics' own `predict` (boxes only) on the same images, in images per second.
 
 Writes gpu_check.json and prints it.
+
+On a GPU machine with no internet (how this was run on 2026-11-27), carry wheels for Python 3.12 of what its image
+lacks and put `src/` on PYTHONPATH: ultralytics, ultralytics-thop, ultralytics-platform, ImageHash, PyWavelets, kneed,
+pydantic, pydantic_core, annotated-types, typing-inspection, tenacity (filelock, httpx, typer, rich, scipy,
+scikit-learn and matplotlib were there). polars (54 MB) was replaced by a stand-in module whose `read_csv(...)
+.to_dict(as_series=False)` reads Ultralytics' results.csv, the only use training makes of it.
 """
 
 from __future__ import annotations
