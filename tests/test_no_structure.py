@@ -8,9 +8,6 @@ learning curve is within noise of random's, paired by seed.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,19 +17,6 @@ from labelwise.synthetic import ScenarioSpec, generate
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint() -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from pretrained import TARGET  # noqa: E402
-
-    path = Path(os.environ.get("LABELWISE_PRETRAINED") or TARGET)
-    if not path.exists():
-        pytest.fail(f"the pretrained checkpoint is not at {path}: `make test` fetches it "
-                    "(.venv/bin/python benchmarks/pretrained.py)")
-    return path
 
 
 def test_on_a_pool_with_no_structure_the_default_is_within_noise_of_random(tmp_path, checkpoint):

@@ -29,32 +29,8 @@ from labelwise.engines.ray import RayEngine  # noqa: E402
 from labelwise.loop import Workspace  # noqa: E402
 from labelwise.workflow import scoring  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL_HASH = "m0"
 IMGSZ = 320
-
-
-@pytest.fixture(scope="module")
-def aquarium() -> Path:
-    root = Path(os.environ.get("LABELWISE_AQUARIUM") or ROOT.parent / "shared" / "datasets" / "aquarium")
-    if os.environ.get("LABELWISE_SKIP_REALDATA") == "1":
-        pytest.skip("LABELWISE_SKIP_REALDATA=1")
-    if not (root / "data.yaml").exists():
-        pytest.fail(f"the aquarium dataset is not at {root}; set LABELWISE_AQUARIUM to its folder "
-                    "(or LABELWISE_SKIP_REALDATA=1 to skip on purpose)")
-    return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint() -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from pretrained import TARGET  # noqa: E402
-
-    path = Path(os.environ.get("LABELWISE_PRETRAINED") or TARGET)
-    if not path.exists():
-        pytest.fail(f"the pretrained checkpoint is not at {path}: `make test` fetches it "
-                    "(.venv/bin/python benchmarks/pretrained.py)")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ run from YAML is noise on real photos; accuracy figures live in benchmarks/RESUL
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from labelwise.loop import Workspace
 from labelwise.pool import label_path_for, read_yolo_label
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def aquarium() -> Path:
-    root = Path(os.environ.get("LABELWISE_AQUARIUM") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
-                / "aquarium")
-    if os.environ.get("LABELWISE_SKIP_REALDATA") == "1":
-        pytest.skip("LABELWISE_SKIP_REALDATA=1")
-    if not (root / "data.yaml").exists():
-        pytest.fail(f"the aquarium dataset is not at {root}; set LABELWISE_AQUARIUM to its folder "
-                    "(or LABELWISE_SKIP_REALDATA=1 to skip on purpose)")
-    return root
 
 
 def test_a_round_on_real_photographs(tmp_path, aquarium):
