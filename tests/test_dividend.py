@@ -222,3 +222,10 @@ def test_a_rerun_with_another_k_says_how_to_start_a_new_experiment(tmp_path):
     with pytest.raises(LoopError, match="is done; a new one starts on the next round"):
         ws.dividend(k=8)
     assert ws.status().dividend == "round 1: done"
+
+
+def test_an_arm_against_itself_differs_by_exactly_zero_and_is_within_noise():
+    same = [0.50, 0.52, 0.49]
+    c = compare_arms(same, same)
+    assert c.difference.mean == 0.0 and c.difference.low == 0.0 and c.difference.high == 0.0
+    assert c.verdict == "within noise"
